@@ -1,0 +1,200 @@
+//! `processor run`, as a function of its config and a shutdown token: checks the services,
+//! prepares the schemas and topics, serves metrics, and runs the engine on a blocking thread.
+//! Any task's failure cancels the root token, so everything stops together.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use schemas::cli::ConnectionArgs;
+use schemas::{Codec, Registry};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::RunArgs;
+use crate::metrics::Metrics;
+use crate::runtime::engine::{EngineConfig, run_engine};
+use crate::runtime::topics::TopologyTopics;
+
+/// A started processor.
+#[derive(Debug)]
+pub struct Running {
+    /// Where /metrics, /health and /ready are served.
+    pub metrics_addr: SocketAddr,
+    pub metrics: Metrics,
+    /// True once every assigned task is restored.
+    pub ready: Arc<AtomicBool>,
+    engine: JoinHandle<anyhow::Result<()>>,
+    server: JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Waits until the processor stops (after `shutdown`, or on a fatal error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let result = self.engine.await.context("the engine thread panicked")?;
+        self.shutdown.cancel();
+        let _ = self.server.await;
+        result
+    }
+}
+
+/// Runs the processor until `shutdown` or a fatal error.
+pub async fn run(
+    connection: &ConnectionArgs,
+    args: &RunArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(connection, args, shutdown).await?.wait().await
+}
+
+/// Starts the processor and returns once it is processing (or failed to start).
+pub async fn start(
+    connection: &ConnectionArgs,
+    args: &RunArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let topics = connection.topics();
+    let registry = Registry::new(&connection.schema_registry_url)?;
+    registry.ping().await?;
+    let client = connection.client_config();
+    let topology_topics = TopologyTopics::new(&args.application_id, topics.clone());
+    topology_topics.ensure(&client, args.partitions).await?;
+    // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.
+    registry.register_all(&topics).await?;
+    let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
+
+    let state_dir = args.state_dir.join(&args.application_id);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let lock = lock_state_dir(&state_dir)?;
+    let instance_id = instance_id(&state_dir)?;
+
+    let metrics = Metrics::new(prometheus::Registry::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (metrics_addr, server) = serve_metrics(
+        args.metrics_addr,
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%metrics_addr, instance_id, "serving /metrics, /health and /ready");
+
+    let config = EngineConfig {
+        application_id: args.application_id.clone(),
+        guarantee: args.processing_guarantee,
+        commit_interval: args.commit_interval(),
+        state_dir,
+        client,
+        instance_id,
+        cache_bytes: (args.cache_mb << 20) as usize,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let engine = {
+        let (metrics, ready, shutdown) = (metrics.clone(), ready.clone(), shutdown.clone());
+        tokio::task::spawn_blocking(move || {
+            let _lock = lock;
+            let result = run_engine(
+                config,
+                topology_topics,
+                codec,
+                metrics,
+                ready,
+                shutdown.clone(),
+                runtime,
+            );
+            shutdown.cancel();
+            result.map_err(anyhow::Error::from)
+        })
+    };
+    Ok(Running {
+        metrics_addr,
+        metrics,
+        ready,
+        engine,
+        server,
+        shutdown,
+    })
+}
+
+/// One process per state directory: a second one would corrupt the stores.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join(".lock");
+    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "state dir {} is in use by another processor; give each instance its own --state-dir",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// The instance id stored in the state dir (made on first start), so a restarted instance
+/// keeps its transactional id and fences its predecessor.
+fn instance_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("instance.id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let id = format!("{:x}", nanos ^ (u128::from(std::process::id()) << 64));
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/ready",
+            get(move || {
+                let is_ready = ready.load(Ordering::Acquire);
+                async move {
+                    if is_ready {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "restoring")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    let local = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            tracing::error!(%error, "metrics server failed");
+        }
+    });
+    Ok((local, server))
+}

@@ -1,0 +1,20 @@
+//! Stockflow's stateful stream processor: it joins every order against an inventory table in
+//! RocksDB, changelogged to Kafka, and reserves stock or rejects the order, exactly once.
+//!
+//! The business rules are pure functions ([`topology`]); the runtime around them is generic
+//! ([`runtime`]): sources, tasks, stores, the delivery guarantee.
+//!
+//! Layout:
+//! - [`cli`]: the typed command line.
+//! - [`app`]: `processor run` as a function of config + shutdown token.
+//! - [`topology`]: the decisions of sub-topologies A (orders) and B (inventory), pure.
+//! - [`runtime`]: the engine, tasks, stores, restore, exactly-once / at-least-once.
+//! - [`metrics`]: every metric, registered on an explicit registry.
+//! - [`tail`]: `processor tail`, the outputs decoded for people.
+
+pub mod app;
+pub mod cli;
+pub mod metrics;
+pub mod runtime;
+pub mod tail;
+pub mod topology;

@@ -1,0 +1,23 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use processor::cli::{Cli, Command};
+use schemas::cli::run_schemas_command;
+use schemas::process::{exit_code, init_tracing, shutdown_on_signals};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing("info,rdkafka=warn");
+    let shutdown = shutdown_on_signals();
+    exit_code(match &cli.command {
+        Command::Run(args) => processor::app::run(&cli.connection, args, shutdown).await,
+        Command::Tail {
+            from_beginning,
+            limit,
+        } => processor::tail::tail(&cli.connection, *from_beginning, *limit, shutdown).await,
+        Command::Schemas(command) => run_schemas_command(&cli.connection, command)
+            .await
+            .map_err(Into::into),
+    })
+}

@@ -1,0 +1,792 @@
+//! The engine: one consumer, one producer, the tasks this instance owns, and the loop that
+//! routes each record to its task, runs the topology's decision, and writes what it decided.
+//!
+//! It runs on one blocking thread (librdkafka's rebalance callbacks run inside `poll`, and the
+//! engine commits there before partitions move). The consumer's context holds the engine
+//! behind a mutex so those callbacks can reach it; the loop never holds the lock while it
+//! polls, so the lock is never contended.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use schemas::{
+    Codec, CodecError, Contract, InventoryAdjusted, OrderCreated, RejectionReason, now_millis,
+};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transactor};
+use super::restore::{RestoreError, restore};
+use super::store::{SharedMemory, Store, StoreError};
+use super::task::{Source, SubTopology, TaskId, TaskState};
+use super::topics::TopologyTopics;
+use crate::metrics::Metrics;
+use crate::topology::inventory::{self, keys};
+use crate::topology::order::{self, OrderDecision, OrderRecord, Outcome};
+use crate::topology::{Change, LineCommand, LineResult};
+
+/// How long to wait before retrying after a transient failure (registry unreachable).
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the engine needs to know.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub application_id: String,
+    pub guarantee: ProcessingGuarantee,
+    pub commit_interval: Duration,
+    /// `<state.dir>/<application.id>`.
+    pub state_dir: PathBuf,
+    /// Bootstrap servers and pass-through librdkafka properties.
+    pub client: ClientConfig,
+    /// Stable per state directory; names the transactional producer.
+    pub instance_id: String,
+    pub cache_bytes: usize,
+}
+
+/// Why the engine stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Guarantee(#[from] GuaranteeError),
+    #[error("Kafka consumer: {0}")]
+    Consumer(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("cannot encode an output: {0}")]
+    Encode(CodecError),
+}
+
+/// A step that could not finish now but may later (the registry is unreachable).
+#[derive(Debug)]
+enum Step {
+    Retry(String),
+    Fatal(EngineError),
+}
+
+impl<E: Into<EngineError>> From<E> for Step {
+    fn from(e: E) -> Self {
+        Step::Fatal(e.into())
+    }
+}
+
+/// The record on the order-lines repartition topic: a command, and where to send its result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    /// The partition of the order's task (results go straight back to it).
+    pub reply_partition: i32,
+    pub command: LineCommand,
+}
+
+/// A task with its store.
+#[derive(Debug)]
+struct Task {
+    id: TaskId,
+    state: TaskState,
+    store: Store,
+}
+
+/// Everything the loop and the rebalance callbacks share.
+pub struct Engine {
+    config: EngineConfig,
+    topics: TopologyTopics,
+    tasks: BTreeMap<TaskId, Task>,
+    tx: Transactor,
+    codec: Arc<Codec>,
+    runtime: tokio::runtime::Handle,
+    memory: SharedMemory,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    /// An error raised inside a rebalance callback, for the loop to return.
+    fatal: Option<EngineError>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("tasks", &self.tasks.keys().collect::<Vec<_>>())
+            .field("tx", &self.tx)
+            .finish()
+    }
+}
+
+/// The consumer's context: rebalance callbacks and statistics.
+pub struct StreamsContext {
+    engine: Arc<Mutex<Engine>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for StreamsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamsContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for StreamsContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StreamsContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            lock(&self.engine).on_revoke(consumer, partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            lock(&self.engine).on_assign(partitions);
+        }
+    }
+}
+
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine
+        .lock()
+        .expect("invariant: the engine lock is never poisoned (a panic stops the process)")
+}
+
+/// Runs the engine until `shutdown`, then commits, leaves the group and closes the stores.
+pub fn run_engine(
+    config: EngineConfig,
+    topics: TopologyTopics,
+    codec: Arc<Codec>,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+) -> Result<(), EngineError> {
+    let changelogs = SubTopology::ALL
+        .iter()
+        .map(|s| topics.changelog(*s).to_owned())
+        .collect();
+    let transactional_id = format!("{}-{}", config.application_id, config.instance_id);
+    let tx = Transactor::new(
+        &config.client,
+        config.guarantee,
+        transactional_id,
+        changelogs,
+    )?;
+    let engine = Arc::new(Mutex::new(Engine {
+        memory: SharedMemory::new(config.cache_bytes),
+        tasks: BTreeMap::new(),
+        topics: topics.clone(),
+        tx,
+        codec,
+        runtime,
+        metrics: metrics.clone(),
+        ready,
+        fatal: None,
+        config: config.clone(),
+    }));
+    let consumer: BaseConsumer<StreamsContext> = config
+        .client
+        .clone()
+        .set("group.id", &config.application_id)
+        .set("partition.assignment.strategy", "range")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(StreamsContext {
+            engine: engine.clone(),
+            metrics,
+        })?;
+    consumer.subscribe(&topics.sources())?;
+    tracing::info!(application_id = %config.application_id, guarantee = ?config.guarantee, "processing");
+
+    let result = run_loop(&consumer, &engine, &shutdown);
+    if let Err(error) = &result {
+        tracing::error!(%error, "engine stopped");
+    }
+    // Commit what is in hand, then leave the group (the revoke callback closes the tasks).
+    if result.is_ok() {
+        let mut engine = lock(&engine);
+        engine.commit(&consumer)?;
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    let mut engine = lock(&engine);
+    engine.close_all();
+    result
+}
+
+fn run_loop(
+    consumer: &BaseConsumer<StreamsContext>,
+    engine: &Mutex<Engine>,
+    shutdown: &CancellationToken,
+) -> Result<(), EngineError> {
+    while !shutdown.is_cancelled() {
+        let polled = consumer.poll(Duration::from_millis(20));
+        let mut engine = lock(engine);
+        if let Some(error) = engine.fatal.take() {
+            return Err(error);
+        }
+        match polled {
+            Some(Ok(message)) => engine.process(consumer, &message)?,
+            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            None => {}
+        }
+        engine.tx.poll();
+        if engine.tx.due(engine.config.commit_interval) {
+            engine.commit(consumer)?;
+            engine.update_memory_metrics();
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Routes one record to its task and processes it; a transient failure rolls the
+    /// transaction back and waits before the records are read again.
+    fn process(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), EngineError> {
+        let Some(source) = self.topics.source(message.topic()) else {
+            return Ok(());
+        };
+        let id = TaskId {
+            sub: source.sub_topology(),
+            partition: message.partition(),
+        };
+        if !self
+            .tasks
+            .get(&id)
+            .is_some_and(|t| t.state == TaskState::Running)
+        {
+            return Ok(()); // revoked while the record was in flight
+        }
+        let started = Instant::now();
+        self.tx.begin()?;
+        let step = match source {
+            Source::Orders => self.on_order(id, message),
+            Source::LineResults => self.on_line_result(id, message),
+            Source::Adjustments => self.on_adjustment(id, message),
+            Source::LineCommands => self.on_line_command(id, message),
+        };
+        match step {
+            Ok(()) => {
+                self.tx
+                    .consumed(message.topic(), message.partition(), message.offset());
+                self.metrics
+                    .records_consumed
+                    .with_label_values(&[message.topic(), &message.partition().to_string()])
+                    .inc();
+                self.metrics
+                    .processing_latency
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(Step::Retry(reason)) => {
+                tracing::warn!(%reason, "transient failure: rolling back and retrying");
+                self.tx
+                    .consumed(message.topic(), message.partition(), message.offset());
+                self.roll_back(consumer, &reason)?;
+                std::thread::sleep(RETRY_BACKOFF);
+                Ok(())
+            }
+            Err(Step::Fatal(error)) => Err(error),
+        }
+    }
+
+    fn task(&mut self, id: TaskId) -> &mut Task {
+        self.tasks
+            .get_mut(&id)
+            .expect("invariant: process() checked the task is owned")
+    }
+
+    fn decode<C: Contract>(
+        &self,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<Result<C, CodecError>, Step> {
+        let bytes = message.payload().unwrap_or_default();
+        match self.runtime.block_on(self.codec.decode::<C>(bytes)) {
+            Ok(value) => Ok(Ok(value)),
+            Err(e) if e.is_retriable() => Err(Step::Retry(e.to_string())),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    // ---- sub-topology A: orders ----
+
+    fn on_order(&mut self, id: TaskId, message: &BorrowedMessage<'_>) -> Result<(), Step> {
+        let order: OrderCreated = match self.decode(message)? {
+            Ok(order) => order,
+            Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
+        };
+        let order_id = order.order_id.clone();
+        let existing: Option<OrderRecord> = self.task(id).store.get_json(&order_id)?;
+        let decision = order::on_order_created(existing.as_ref(), order, now_millis());
+        self.apply_order(id, &order_id, decision)
+    }
+
+    fn on_line_result(&mut self, id: TaskId, message: &BorrowedMessage<'_>) -> Result<(), Step> {
+        let result: LineResult = match serde_json::from_slice(message.payload().unwrap_or_default())
+        {
+            Ok(result) => result,
+            Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
+        };
+        let order_id = result.order_id.clone();
+        let existing: Option<OrderRecord> = self.task(id).store.get_json(&order_id)?;
+        let decision = order::on_line_result(existing, result, now_millis());
+        self.apply_order(id, &order_id, decision)
+    }
+
+    fn apply_order(
+        &mut self,
+        id: TaskId,
+        order_id: &str,
+        decision: OrderDecision,
+    ) -> Result<(), Step> {
+        if decision.duplicate {
+            self.metrics.duplicate_orders.inc();
+        }
+        if let Some(record) = &decision.record {
+            self.write(
+                id,
+                order_id.as_bytes().to_vec(),
+                Some(Store::encode(record)),
+            )?;
+        }
+        for command in decision.commands {
+            let sku = command.sku().to_owned();
+            let envelope = CommandEnvelope {
+                reply_partition: id.partition,
+                command,
+            };
+            let payload = serde_json::to_vec(&envelope).expect("invariant: commands serialize");
+            let topic = self.topics.order_lines.clone();
+            self.send(&topic, None, sku.as_bytes(), Some(&payload), None)?;
+        }
+        match decision.outcome {
+            Some(Outcome::Confirmed(confirmed)) => {
+                self.emit(
+                    &confirmed,
+                    confirmed.created_at,
+                    &self.topics.external.orders_confirmed.clone(),
+                )?;
+                self.metrics
+                    .order_outcomes
+                    .with_label_values(&["confirmed", "none"])
+                    .inc();
+            }
+            Some(Outcome::Rejected(rejected)) => {
+                self.emit(
+                    &rejected,
+                    rejected.created_at,
+                    &self.topics.external.orders_rejected.clone(),
+                )?;
+                let reason = match rejected.reason {
+                    RejectionReason::InsufficientStock => "insufficient_stock",
+                    RejectionReason::UnknownSku => "unknown_sku",
+                    RejectionReason::InvalidOrder => "invalid_order",
+                };
+                self.metrics
+                    .order_outcomes
+                    .with_label_values(&["rejected", reason])
+                    .inc();
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Produces an order's outcome and observes its end-to-end latency.
+    fn emit<C: Contract>(&mut self, event: &C, created_at: i64, topic: &str) -> Result<(), Step> {
+        let payload = self.encode(event)?;
+        self.send(topic, None, event.key().as_bytes(), Some(&payload), None)?;
+        let latency_ms = (now_millis() - created_at).max(0);
+        self.metrics
+            .order_e2e_latency
+            .observe(latency_ms as f64 / 1000.0);
+        Ok(())
+    }
+
+    fn encode<C: Contract>(&self, event: &C) -> Result<Vec<u8>, Step> {
+        match self.runtime.block_on(self.codec.encode(event)) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.is_retriable() => Err(Step::Retry(e.to_string())),
+            Err(e) => Err(Step::Fatal(EngineError::Encode(e))),
+        }
+    }
+
+    // ---- sub-topology B: inventory ----
+
+    fn on_line_command(&mut self, id: TaskId, message: &BorrowedMessage<'_>) -> Result<(), Step> {
+        let envelope: CommandEnvelope =
+            match serde_json::from_slice(message.payload().unwrap_or_default()) {
+                Ok(envelope) => envelope,
+                Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
+            };
+        let (order_id, line) = match &envelope.command {
+            LineCommand::Reserve { order_id, line, .. }
+            | LineCommand::Release { order_id, line, .. } => (order_id.clone(), *line),
+        };
+        let sku = envelope.command.sku().to_owned();
+        let store = &self.task(id).store;
+        let sku_record = store.get_json::<inventory::SkuRecord>(&keys::sku(&sku))?;
+        let reservation =
+            store.get_json::<inventory::Reservation>(&keys::reservation(&order_id, line))?;
+        let decision = inventory::on_command(
+            sku_record.as_ref(),
+            reservation.as_ref(),
+            envelope.command,
+            now_millis(),
+        );
+        if let Some(result) = &decision.result {
+            let payload = serde_json::to_vec(result).expect("invariant: results serialize");
+            let topic = self.topics.line_results.clone();
+            self.send(
+                &topic,
+                Some(envelope.reply_partition),
+                order_id.as_bytes(),
+                Some(&payload),
+                None,
+            )?;
+        }
+        let reservation_key = keys::reservation(&order_id, line);
+        self.apply_inventory(id, message, &sku, Some(&reservation_key), None, decision)
+    }
+
+    fn on_adjustment(&mut self, id: TaskId, message: &BorrowedMessage<'_>) -> Result<(), Step> {
+        let adjustment: InventoryAdjusted = match self.decode(message)? {
+            Ok(adjustment) => adjustment,
+            Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
+        };
+        let sku = adjustment.sku.clone();
+        let applied_key = keys::adjustment(&adjustment.adjustment_id);
+        let store = &self.task(id).store;
+        let sku_record = store.get_json::<inventory::SkuRecord>(&keys::sku(&sku))?;
+        let already_applied = store.get(applied_key.as_bytes())?.is_some();
+        let decision = inventory::on_adjustment(
+            sku_record.as_ref(),
+            already_applied,
+            adjustment,
+            now_millis(),
+        );
+        self.apply_inventory(id, message, &sku, None, Some(&applied_key), decision)
+    }
+
+    fn apply_inventory(
+        &mut self,
+        id: TaskId,
+        message: &BorrowedMessage<'_>,
+        sku: &str,
+        reservation_key: Option<&str>,
+        applied_key: Option<&str>,
+        decision: inventory::InventoryDecision,
+    ) -> Result<(), Step> {
+        if let Some(reason) = &decision.dead_letter {
+            return self.dead_letter(message, "invalid", reason);
+        }
+        self.apply_change(id, &keys::sku(sku), decision.sku)?;
+        if let Some(key) = reservation_key {
+            self.apply_change(id, key, decision.reservation)?;
+        }
+        if let (Some(key), Some(applied)) = (applied_key, &decision.applied) {
+            self.write(id, key.as_bytes().to_vec(), Some(Store::encode(applied)))?;
+        }
+        if let Some(update) = &decision.update {
+            let payload = self.encode(update)?;
+            let topic = self.topics.external.inventory_updated.clone();
+            self.send(&topic, None, sku.as_bytes(), Some(&payload), None)?;
+        }
+        Ok(())
+    }
+
+    fn apply_change<T: Serialize>(
+        &mut self,
+        id: TaskId,
+        key: &str,
+        change: Change<T>,
+    ) -> Result<(), Step> {
+        match change {
+            Change::Keep => Ok(()),
+            Change::Put(value) => {
+                self.write(id, key.as_bytes().to_vec(), Some(Store::encode(&value)))
+            }
+            Change::Delete => self.write(id, key.as_bytes().to_vec(), None),
+        }
+    }
+
+    // ---- writing ----
+
+    /// A store write: pending in the store, and a changelog record in the transaction.
+    fn write(&mut self, id: TaskId, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), Step> {
+        let changelog = self.topics.changelog(id.sub).to_owned();
+        self.send(&changelog, Some(id.partition), &key, value.as_deref(), None)?;
+        self.task(id).store.write(key, value);
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), Step> {
+        let mut record = BaseRecord::to(topic).key(key);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        self.tx.send(record)?;
+        self.metrics
+            .records_produced
+            .with_label_values(&[topic])
+            .inc();
+        Ok(())
+    }
+
+    /// Sends the record's original bytes to the dead-letter topic, with headers naming the
+    /// error and where the record came from.
+    fn dead_letter(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        kind: &str,
+        error: &str,
+    ) -> Result<(), Step> {
+        tracing::warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            kind,
+            error,
+            "dead-lettered"
+        );
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "stockflow.error",
+                value: Some(error),
+            })
+            .insert(Header {
+                key: "stockflow.error.kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "stockflow.source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "stockflow.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "stockflow.source.offset",
+                value: Some(offset.as_str()),
+            });
+        let topic = self.topics.external.orders_dlq.clone();
+        self.send(
+            &topic,
+            None,
+            message.key().unwrap_or_default(),
+            message.payload(),
+            Some(headers),
+        )?;
+        self.metrics
+            .dlq_records
+            .with_label_values(&[message.topic()])
+            .inc();
+        Ok(())
+    }
+
+    // ---- committing ----
+
+    /// Commits the transaction, then applies the stores' pending writes; or rolls back.
+    fn commit(&mut self, consumer: &BaseConsumer<StreamsContext>) -> Result<(), EngineError> {
+        let started = Instant::now();
+        match self.tx.commit(consumer)? {
+            Committed::Nothing => {}
+            Committed::Done { changelog_offsets } => {
+                for task in self.tasks.values_mut() {
+                    let changelog = self.topics.changelog(task.id.sub);
+                    let offset = changelog_offsets
+                        .get(&(changelog.to_owned(), task.id.partition))
+                        .copied();
+                    if task.store.has_pending() || offset.is_some() {
+                        task.store.commit(offset)?;
+                    }
+                }
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                self.metrics
+                    .commit_latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Committed::Aborted(reason) => self.roll_back(consumer, &reason)?,
+        }
+        Ok(())
+    }
+
+    /// Aborts the transaction, drops pending store writes, rewinds the consumed partitions.
+    fn roll_back(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        tracing::warn!(reason, "rolling back the transaction");
+        self.tx.abort()?;
+        for task in self.tasks.values_mut() {
+            task.store.rollback();
+        }
+        self.tx.rewind(consumer);
+        self.metrics
+            .transactions
+            .with_label_values(&["aborted"])
+            .inc();
+        Ok(())
+    }
+
+    // ---- rebalancing ----
+
+    fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: &TopicPartitionList,
+    ) {
+        self.metrics
+            .rebalances
+            .with_label_values(&["revoked"])
+            .inc();
+        if let Err(error) = self.commit(consumer) {
+            self.fatal.get_or_insert(error);
+            return;
+        }
+        let revoked: Vec<TaskId> = partitions
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let source = self.topics.source(e.topic())?;
+                Some(TaskId {
+                    sub: source.sub_topology(),
+                    partition: e.partition(),
+                })
+            })
+            .collect();
+        for id in revoked {
+            if let Some(mut task) = self.tasks.remove(&id) {
+                task.state = task.state.advance(TaskState::Closed);
+                if let Err(error) = task.store.flush() {
+                    tracing::warn!(task = %id, %error, "flush on close failed");
+                }
+                tracing::info!(task = %id, "task closed");
+            }
+        }
+        self.metrics.assigned_tasks.set(self.tasks.len() as i64);
+    }
+
+    fn on_assign(&mut self, partitions: &TopicPartitionList) {
+        self.metrics
+            .rebalances
+            .with_label_values(&["assigned"])
+            .inc();
+        self.ready.store(false, Ordering::Release);
+        let mut ids: Vec<TaskId> = partitions
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let source = self.topics.source(e.topic())?;
+                Some(TaskId {
+                    sub: source.sub_topology(),
+                    partition: e.partition(),
+                })
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            if self.tasks.contains_key(&id) {
+                continue;
+            }
+            match self.open_task(id) {
+                Ok(task) => {
+                    self.tasks.insert(id, task);
+                }
+                Err(error) => {
+                    self.fatal.get_or_insert(error);
+                    return;
+                }
+            }
+        }
+        self.metrics.assigned_tasks.set(self.tasks.len() as i64);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    fn open_task(&self, id: TaskId) -> Result<Task, EngineError> {
+        let mut state = TaskState::Assigned;
+        let store = Store::open(&self.config.state_dir.join(id.to_string()), &self.memory)?;
+        state = state.advance(TaskState::Restoring);
+        let changelog = self.topics.changelog(id.sub);
+        let started = Instant::now();
+        let (store, restored) = restore(
+            &self.config.client,
+            changelog,
+            id.partition,
+            store,
+            &self.metrics,
+        )?;
+        state = state.advance(TaskState::Running);
+        tracing::info!(
+            task = %id,
+            restored = restored.records,
+            wiped = restored.wiped,
+            changelog_offset = ?store.changelog_offset(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "task running"
+        );
+        Ok(Task { id, state, store })
+    }
+
+    fn close_all(&mut self) {
+        for (id, task) in std::mem::take(&mut self.tasks) {
+            if let Err(error) = task.store.flush() {
+                tracing::warn!(task = %id, %error, "flush on close failed");
+            }
+        }
+        self.metrics.assigned_tasks.set(0);
+    }
+
+    fn update_memory_metrics(&self) {
+        self.metrics
+            .rocksdb_block_cache_usage
+            .set(self.memory.block_cache_usage() as i64);
+        self.metrics
+            .rocksdb_memtable_usage
+            .set(self.memory.memtable_usage() as i64);
+    }
+}

@@ -1,0 +1,365 @@
+//! The delivery guarantee, in one place.
+//!
+//! **exactly_once_v2** (the default). One transactional producer per instance; its
+//! `transactional.id` is `<application.id>-<instance id>`, stable across restarts of the same
+//! state directory, so a restarted instance fences its predecessor and aborts whatever that one
+//! left open. Every record consumed since the last commit is processed inside one transaction
+//! that holds all its outputs (external topics, repartition topics, the dead-letter topic), all
+//! its store writes (as changelog records), and, through `send_offsets_to_transaction` with the
+//! consumer's group metadata, the input offsets. Every `commit.interval.ms` the transaction
+//! commits; only then are the stores' pending writes applied to RocksDB, in one `WriteBatch`
+//! per store together with the changelog offset they reach. So:
+//! - a crash before the commit leaves nothing visible to `read_committed` readers and nothing
+//!   in RocksDB: the records are consumed again from the committed offsets;
+//! - a crash after the commit but before RocksDB is written leaves RocksDB behind its
+//!   changelog: the restore on restart replays exactly that tail;
+//! - when the commit fails with an abortable error (a rebalance moved the group's generation,
+//!   a delivery failed, a timeout), the transaction is aborted, the pending writes are dropped,
+//!   and every partition is rewound to the first offset of the aborted transaction;
+//! - a fatal error (fenced by a newer instance with the same transactional id) stops the
+//!   instance: it must not write again.
+//!
+//! Partitions are revoked only after the open transaction commits (in the rebalance callback,
+//! before the consumer rejoins), so a task's new owner never sees half of a transaction.
+//!
+//! **at_least_once**. An idempotent, non-transactional producer. At commit time the producer is
+//! flushed; if every delivery succeeded, the stores' pending writes are applied and the input
+//! offsets committed, else the writes are dropped and the partitions rewound. A crash can
+//! repeat outputs, never lose them; the decisions themselves are idempotent (orders are
+//! deduplicated by id, reservations by order and line, adjustments by id).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+/// How long a transactional call may take before it counts as failed.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `processing.guarantee`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProcessingGuarantee {
+    #[value(name = "exactly_once_v2")]
+    ExactlyOnceV2,
+    #[value(name = "at_least_once")]
+    AtLeastOnce,
+}
+
+/// Why the producer side failed in a way the engine cannot recover from.
+#[derive(Debug, thiserror::Error)]
+pub enum GuaranteeError {
+    #[error(
+        "fenced: another instance with transactional.id {transactional_id} took over ({source})"
+    )]
+    Fenced {
+        transactional_id: String,
+        source: KafkaError,
+    },
+    #[error("Kafka producer: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Collects delivery reports: the highest offset written to each changelog partition, and
+/// the first failed delivery.
+#[derive(Debug, Default)]
+pub struct DeliveryTracker {
+    changelogs: Vec<String>,
+    state: Mutex<Delivered>,
+}
+
+#[derive(Debug, Default)]
+struct Delivered {
+    changelog_offsets: HashMap<(String, i32), i64>,
+    failure: Option<String>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let mut state = self
+            .state
+            .lock()
+            .expect("invariant: delivery state lock is never poisoned");
+        match result {
+            Ok(message) => {
+                if self.changelogs.iter().any(|c| c == message.topic()) {
+                    let key = (message.topic().to_owned(), message.partition());
+                    let offset = state.changelog_offsets.entry(key).or_insert(-1);
+                    *offset = (*offset).max(message.offset());
+                }
+            }
+            Err((error, message)) => {
+                state.failure.get_or_insert_with(|| {
+                    format!("delivery to {} failed: {error}", message.topic())
+                });
+            }
+        }
+    }
+}
+
+impl DeliveryTracker {
+    fn take(&self) -> Delivered {
+        std::mem::take(
+            &mut *self
+                .state
+                .lock()
+                .expect("invariant: delivery state lock is never poisoned"),
+        )
+    }
+}
+
+/// What a commit attempt ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Nothing was consumed since the last commit.
+    Nothing,
+    /// Committed: apply these changelog offsets to the stores.
+    Done {
+        changelog_offsets: HashMap<(String, i32), i64>,
+    },
+    /// Rolled back (the reason); the stores must drop their pending writes and the
+    /// partitions must be rewound with [`Transactor::rewind`].
+    Aborted(String),
+}
+
+/// The producer side of the delivery guarantee: transactions, consumed positions, commits.
+pub struct Transactor {
+    producer: BaseProducer<DeliveryTracker>,
+    guarantee: ProcessingGuarantee,
+    transactional_id: String,
+    in_transaction: bool,
+    /// Per input partition consumed since the last commit: (first offset, next offset).
+    consumed: HashMap<(String, i32), (i64, i64)>,
+    last_commit: Instant,
+}
+
+impl std::fmt::Debug for Transactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transactor")
+            .field("guarantee", &self.guarantee)
+            .field("transactional_id", &self.transactional_id)
+            .field("in_transaction", &self.in_transaction)
+            .finish()
+    }
+}
+
+impl Transactor {
+    /// Creates the producer; with exactly-once, initialises its transactions (fencing any
+    /// earlier producer with the same transactional id).
+    pub fn new(
+        client: &ClientConfig,
+        guarantee: ProcessingGuarantee,
+        transactional_id: String,
+        changelogs: Vec<String>,
+    ) -> Result<Self, GuaranteeError> {
+        let mut config = client.clone();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            // The Java clients' partitioner: keys land where Kafka Streams would put them,
+            // and where Java producers of the input topics put them.
+            .set("partitioner", "murmur2_random");
+        if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+            config
+                .set("transactional.id", &transactional_id)
+                .set("transaction.timeout.ms", "10000");
+        }
+        let producer: BaseProducer<DeliveryTracker> =
+            config.create_with_context(DeliveryTracker {
+                changelogs,
+                state: Mutex::default(),
+            })?;
+        if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+            producer
+                .init_transactions(TXN_TIMEOUT)
+                .map_err(|e| classify(&transactional_id, e))?;
+        }
+        Ok(Self {
+            producer,
+            guarantee,
+            transactional_id,
+            in_transaction: false,
+            consumed: HashMap::new(),
+            last_commit: Instant::now(),
+        })
+    }
+
+    /// Opens a transaction if none is open (exactly-once only).
+    pub fn begin(&mut self) -> Result<(), GuaranteeError> {
+        if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && !self.in_transaction {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| classify(&self.transactional_id, e))?;
+        }
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    /// Sends one record, waiting for room in the producer's queue if it is full.
+    pub fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), GuaranteeError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((error, _)) => return Err(classify(&self.transactional_id, error)),
+            }
+        }
+    }
+
+    /// Serves delivery reports; call often.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Notes that `offset` of `topic[partition]` was processed in the current transaction.
+    pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.consumed
+            .entry((topic.to_owned(), partition))
+            .and_modify(|(_, next)| *next = offset + 1)
+            .or_insert((offset, offset + 1));
+    }
+
+    /// Whether `interval` has passed since the last commit.
+    pub fn due(&self, interval: Duration) -> bool {
+        self.last_commit.elapsed() >= interval
+    }
+
+    /// Commits what was consumed since the last commit, with the guarantee's protocol.
+    pub fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+    ) -> Result<Committed, GuaranteeError> {
+        self.last_commit = Instant::now();
+        if self.consumed.is_empty() && !self.in_transaction {
+            return Ok(Committed::Nothing);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), (_, next)) in &self.consumed {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        match self.guarantee {
+            ProcessingGuarantee::ExactlyOnceV2 => self.commit_transaction(consumer, &offsets),
+            ProcessingGuarantee::AtLeastOnce => {
+                self.producer.flush(TXN_TIMEOUT)?;
+                let delivered = self.tracker().take();
+                if let Some(failure) = delivered.failure {
+                    return Ok(Committed::Aborted(failure));
+                }
+                if offsets.count() > 0 {
+                    consumer.commit(&offsets, CommitMode::Sync)?;
+                }
+                self.consumed.clear();
+                self.in_transaction = false;
+                Ok(Committed::Done {
+                    changelog_offsets: delivered.changelog_offsets,
+                })
+            }
+        }
+    }
+
+    fn commit_transaction<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+    ) -> Result<Committed, GuaranteeError> {
+        let Some(group) = consumer.group_metadata() else {
+            return Ok(Committed::Aborted(
+                "the consumer has no group metadata yet".to_owned(),
+            ));
+        };
+        let attempt = || -> Result<(), KafkaError> {
+            if offsets.count() > 0 {
+                self.producer
+                    .send_offsets_to_transaction(offsets, &group, TXN_TIMEOUT)?;
+            }
+            self.producer.commit_transaction(TXN_TIMEOUT)
+        };
+        let mut result = attempt();
+        for _ in 0..3 {
+            match &result {
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && !e.txn_requires_abort() => {
+                    result = attempt()
+                }
+                _ => break,
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.consumed.clear();
+                self.in_transaction = false;
+                let delivered = self.tracker().take();
+                Ok(Committed::Done {
+                    changelog_offsets: delivered.changelog_offsets,
+                })
+            }
+            Err(KafkaError::Transaction(e)) if !e.is_fatal() => {
+                Ok(Committed::Aborted(e.to_string()))
+            }
+            Err(e) => Err(classify(&self.transactional_id, e)),
+        }
+    }
+
+    /// Aborts the open transaction (exactly-once) and forgets its deliveries.
+    pub fn abort(&mut self) -> Result<(), GuaranteeError> {
+        if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && self.in_transaction {
+            self.producer
+                .abort_transaction(TXN_TIMEOUT)
+                .map_err(|e| classify(&self.transactional_id, e))?;
+        }
+        self.in_transaction = false;
+        self.tracker().take();
+        Ok(())
+    }
+
+    /// Seeks every partition consumed in the rolled-back transaction back to its first offset.
+    pub fn rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
+        for ((topic, partition), (first, _)) in self.consumed.drain() {
+            if let Err(error) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(first),
+                Duration::from_secs(10),
+            ) {
+                // Not assigned any more: its new owner starts from the committed offset anyway.
+                tracing::debug!(topic, partition, %error, "rewind skipped");
+            }
+        }
+    }
+
+    fn tracker(&self) -> &DeliveryTracker {
+        self.producer.context()
+    }
+}
+
+fn classify(transactional_id: &str, error: KafkaError) -> GuaranteeError {
+    let fenced = matches!(
+        &error,
+        KafkaError::Transaction(e) if e.is_fatal()
+    ) || matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced)
+    );
+    if fenced {
+        GuaranteeError::Fenced {
+            transactional_id: transactional_id.to_owned(),
+            source: error,
+        }
+    } else {
+        GuaranteeError::Kafka(error)
+    }
+}

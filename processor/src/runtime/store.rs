@@ -1,0 +1,303 @@
+//! A task's state store: RocksDB for what is committed, an in-memory batch for what is not.
+//!
+//! Writes go to the pending batch (and, through the engine, to the store's changelog topic in
+//! the same Kafka transaction as the outputs). Reads see the pending batch first. When the
+//! transaction commits, [`Store::commit`] applies the batch to RocksDB in one atomic
+//! `WriteBatch` together with the changelog offset it reaches; when it aborts,
+//! [`Store::rollback`] drops it. RocksDB therefore only ever holds committed state, tagged with
+//! the changelog offset that produced it, so a restart restores only the changelog's tail.
+//!
+//! RocksDB's WAL is kept but never synced: a killed process loses nothing (the OS has the
+//! pages), and a lost machine loses only what the changelog gives back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteBufferManager,
+    WriteOptions,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const META: &str = "meta";
+const CHANGELOG_OFFSET: &[u8] = b"changelog-offset";
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("RocksDB at {path}: {source}")]
+    Rocks {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
+    #[error("cannot create the store directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store value under key {key:?} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Memory shared by every store of the process: one bounded block cache, and one write-buffer
+/// manager charged to that cache.
+#[derive(Clone)]
+pub struct SharedMemory {
+    cache: Cache,
+    write_buffers: WriteBufferManager,
+}
+
+impl std::fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("cache_usage", &self.cache.get_usage())
+            .finish()
+    }
+}
+
+impl SharedMemory {
+    /// A block cache of `bytes`, a quarter of which may hold memtables.
+    pub fn new(bytes: usize) -> Self {
+        let cache = Cache::new_lru_cache(bytes);
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            bytes / 4,
+            false,
+            cache.clone(),
+        );
+        Self {
+            cache,
+            write_buffers,
+        }
+    }
+
+    pub fn block_cache_usage(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    pub fn memtable_usage(&self) -> usize {
+        self.write_buffers.get_usage()
+    }
+
+    fn options(&self) -> Options {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.cache);
+        table.set_bloom_filter(10.0, false);
+        options.set_block_based_table_factory(&table);
+        options.set_write_buffer_manager(&self.write_buffers);
+        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        options
+    }
+}
+
+/// One task's store.
+pub struct Store {
+    path: PathBuf,
+    db: DB,
+    memory: SharedMemory,
+    /// Uncommitted writes: `None` is a delete.
+    pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The last changelog offset whose write RocksDB holds.
+    changelog_offset: Option<i64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("pending", &self.pending.len())
+            .field("changelog_offset", &self.changelog_offset)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, memory: &SharedMemory) -> Result<Self, StoreError> {
+        let rocks = |source| StoreError::Rocks {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let options = memory.options();
+        let families = [
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, options.clone()),
+            ColumnFamilyDescriptor::new(META, options.clone()),
+        ];
+        let db = DB::open_cf_descriptors(&options, path, families).map_err(rocks)?;
+        let meta = db
+            .cf_handle(META)
+            .expect("invariant: the meta column family was just opened");
+        let changelog_offset = db
+            .get_cf(meta, CHANGELOG_OFFSET)
+            .map_err(rocks)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(i64::from_be_bytes);
+        Ok(Self {
+            path: path.to_owned(),
+            db,
+            memory: memory.clone(),
+            pending: HashMap::new(),
+            changelog_offset,
+        })
+    }
+
+    /// The last changelog offset whose write is in RocksDB (`None`: nothing yet).
+    pub fn changelog_offset(&self) -> Option<i64> {
+        self.changelog_offset
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The value under `key`, uncommitted writes first.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(pending) = self.pending.get(key) {
+            return Ok(pending.clone());
+        }
+        self.db.get(key).map_err(|e| self.rocks(e))
+    }
+
+    /// The JSON value under `key`.
+    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get(key.as_bytes())?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Records an uncommitted write (`None` deletes).
+    pub fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.pending.insert(key, value);
+    }
+
+    /// Serializes `value` as the store and changelog both hold it.
+    pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+        serde_json::to_vec(value).expect("invariant: store values serialize to JSON")
+    }
+
+    /// Whether there are uncommitted writes.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Applies the uncommitted writes and the changelog offset they reach, atomically.
+    pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<(), StoreError> {
+        if self.pending.is_empty() && changelog_offset.is_none() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for (key, value) in self.pending.drain() {
+            match value {
+                Some(value) => batch.put(key, value),
+                None => batch.delete(key),
+            }
+        }
+        self.apply(batch, changelog_offset)
+    }
+
+    /// Applies `batch` (restored changelog records) and the offset it reaches, atomically.
+    pub fn apply(
+        &mut self,
+        mut batch: WriteBatch,
+        changelog_offset: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let meta = self
+            .db
+            .cf_handle(META)
+            .expect("invariant: the meta column family is open");
+        if let Some(offset) = changelog_offset {
+            batch.put_cf(meta, CHANGELOG_OFFSET, offset.to_be_bytes());
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| self.rocks(e))?;
+        if changelog_offset.is_some() {
+            self.changelog_offset = changelog_offset;
+        }
+        Ok(())
+    }
+
+    /// Drops the uncommitted writes (the transaction aborted).
+    pub fn rollback(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Deletes everything and starts empty (the changelog no longer matches local state).
+    pub fn wipe(self) -> Result<Self, StoreError> {
+        let Self {
+            path, db, memory, ..
+        } = self;
+        drop(db);
+        DB::destroy(&Options::default(), &path).map_err(|source| StoreError::Rocks {
+            path: path.clone(),
+            source,
+        })?;
+        Self::open(&path, &memory)
+    }
+
+    /// Flushes memtables to disk (on close; not needed for safety, it only speeds up reopening).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.rocks(e))
+    }
+
+    /// Every committed (key, value) pair, for tests and the read-model sync.
+    pub fn committed_entries(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.db
+            .prefix_iterator(prefix)
+            .filter_map(Result::ok)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_see_pending_writes_and_only_commit_persists_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let memory = SharedMemory::new(8 << 20);
+        let mut store = Store::open(dir.path(), &memory).expect("opens");
+        assert_eq!(store.changelog_offset(), None);
+        store.write(b"a".to_vec(), Some(b"1".to_vec()));
+        assert_eq!(store.get(b"a").expect("reads"), Some(b"1".to_vec()));
+        store.rollback();
+        assert_eq!(store.get(b"a").expect("reads"), None);
+
+        store.write(b"a".to_vec(), Some(b"2".to_vec()));
+        store.write(b"b".to_vec(), Some(b"3".to_vec()));
+        store.commit(Some(41)).expect("commits");
+        store.write(b"b".to_vec(), None);
+        store.commit(Some(42)).expect("commits");
+        drop(store);
+
+        let store = Store::open(dir.path(), &memory).expect("reopens");
+        assert_eq!(store.changelog_offset(), Some(42));
+        assert_eq!(store.get(b"a").expect("reads"), Some(b"2".to_vec()));
+        assert_eq!(store.get(b"b").expect("reads"), None);
+        let store = store.wipe().expect("wipes");
+        assert_eq!(
+            (store.changelog_offset(), store.get(b"a").expect("reads")),
+            (None, None)
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! The processor end to end against real Kafka and a real schema registry: the sample catalog,
+//! compensation, bad input, co-partitioning, and exactly-once at scale.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use schemas::testkit::Isolation;
+use schemas::{
+    AdjustmentMode, AdjustmentReason, InventoryAdjusted, InventoryChangeReason, InventoryUpdated,
+    RejectionReason, now_millis,
+};
+use support::{World, final_stock, order};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn the_sample_catalog_scenario() {
+    let world = World::new("sample").await;
+    world.seed(0, 0).await;
+    let (running, token) = world.start(&[]).await;
+
+    let steps: [(&str, &[(&str, i32)]); 6] = [
+        ("stand-1", &[("SKU-MONITOR-STAND", 1)]),
+        ("stand-2", &[("SKU-MONITOR-STAND", 1)]),
+        ("mouse-2", &[("SKU-BT-MOUSE", 2)]),
+        ("mouse-3", &[("SKU-BT-MOUSE", 3)]),
+        ("keyboard-1", &[("SKU-KEYBOARD", 1)]),
+        ("unknown-1", &[("SKU-DOES-NOT-EXIST", 1)]),
+    ];
+    // One at a time, so that each sees the stock the previous one left.
+    for (i, (id, lines)) in steps.iter().enumerate() {
+        world.send_orders(&[order(id, lines)]).await;
+        world.outcomes(i + 1, MINUTE).await;
+    }
+    let outcomes = world.outcomes(6, MINUTE).await;
+    assert_eq!(
+        outcomes.per_order().values().copied().collect::<Vec<_>>(),
+        vec![1; 6],
+        "one outcome each"
+    );
+
+    let stand = outcomes
+        .confirmed("stand-1")
+        .expect("Monitor Stand x1 is confirmed");
+    assert_eq!(stand.total_cents, 100);
+    let rejected = outcomes
+        .rejected("stand-2")
+        .expect("Monitor Stand x1 again is rejected");
+    assert_eq!(rejected.reason, RejectionReason::InsufficientStock);
+    assert_eq!(rejected.lines[0].available, Some(0));
+    assert!(
+        outcomes.confirmed("mouse-2").is_some(),
+        "Bluetooth Mouse x2 is confirmed"
+    );
+    assert_eq!(
+        outcomes.rejected("mouse-3").map(|r| r.reason),
+        Some(RejectionReason::InsufficientStock)
+    );
+    assert_eq!(
+        outcomes.rejected("keyboard-1").map(|r| r.reason),
+        Some(RejectionReason::InsufficientStock)
+    );
+    let unknown = outcomes
+        .rejected("unknown-1")
+        .expect("the unknown sku is rejected");
+    assert_eq!(unknown.reason, RejectionReason::UnknownSku);
+    assert_eq!(unknown.lines[0].available, None);
+
+    let updates: Vec<InventoryUpdated> = world
+        .read(
+            &world.topics.inventory_updated,
+            Isolation::ReadCommitted,
+            4 + 2,
+            MINUTE,
+        )
+        .await;
+    let stand_reserved = updates
+        .iter()
+        .find(|u| u.sku == "SKU-MONITOR-STAND" && u.reason == InventoryChangeReason::Reserved)
+        .expect("an InventoryUpdated for the stand");
+    assert_eq!(
+        (
+            stand_reserved.available_after,
+            stand_reserved.order_id.as_deref()
+        ),
+        (0, Some("stand-1"))
+    );
+    let stock = final_stock(&updates);
+    assert_eq!(stock["SKU-MONITOR-STAND"], 0);
+    assert_eq!(stock["SKU-BT-MOUSE"], 0);
+
+    token.cancel();
+    running.wait().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn a_short_line_rejects_the_order_and_releases_the_others() {
+    let world = World::new("release").await;
+    world.seed(2, 5).await;
+    let (running, token) = world.start(&[]).await;
+
+    world
+        .send_orders(&[order(
+            "two-lines",
+            &[("SKU-000000", 2), ("SKU-KEYBOARD", 1)],
+        )])
+        .await;
+    let outcomes = world.outcomes(1, MINUTE).await;
+    let rejected = outcomes.rejected("two-lines").expect("rejected");
+    assert_eq!(rejected.reason, RejectionReason::InsufficientStock);
+    assert_eq!(rejected.lines.len(), 1, "only the short line is listed");
+    assert_eq!(rejected.lines[0].sku, "SKU-KEYBOARD");
+
+    // 6 initial stock updates, then the reservation and its release.
+    let updates: Vec<InventoryUpdated> = world
+        .read(
+            &world.topics.inventory_updated,
+            Isolation::ReadCommitted,
+            8,
+            MINUTE,
+        )
+        .await;
+    let hub: Vec<(InventoryChangeReason, i64, i64)> = updates
+        .iter()
+        .filter(|u| u.sku == "SKU-000000")
+        .map(|u| (u.reason, u.change, u.available_after))
+        .collect();
+    assert_eq!(
+        hub,
+        vec![
+            (InventoryChangeReason::Restocked, 5, 5),
+            (InventoryChangeReason::Reserved, -2, 3),
+            (InventoryChangeReason::Released, 2, 5),
+        ],
+        "reserved, then released: stock back where it was"
+    );
+
+    token.cancel();
+    running.wait().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn bad_records_are_dead_lettered_and_the_pipeline_goes_on() {
+    let world = World::new("dlq").await;
+    world.seed(0, 0).await;
+    let (running, token) = world.start(&[]).await;
+
+    world
+        .send_raw(
+            &world.topics.orders,
+            "garbage-1",
+            b"\xde\xad\xbe\xef not avro",
+        )
+        .await;
+    world
+        .send_raw(
+            &world.topics.orders,
+            "unknown-schema",
+            &[0, 0x7f, 0xff, 0xff, 0x01, 2, 4],
+        )
+        .await;
+    let adjustment = world
+        .codec
+        .encode(&InventoryAdjusted {
+            adjustment_id: "x".into(),
+            sku: "SKU-BT-MOUSE".into(),
+            mode: AdjustmentMode::Delta,
+            quantity: 1,
+            reason: AdjustmentReason::Restock,
+            adjusted_at: now_millis(),
+            product_name: None,
+            unit_price_cents: None,
+        })
+        .await
+        .expect("encodes");
+    world
+        .send_raw(&world.topics.orders, "wrong-contract", &adjustment)
+        .await;
+    world
+        .send_raw(
+            &world.topics.inventory_adjustments,
+            "SKU-BT-MOUSE",
+            b"also garbage",
+        )
+        .await;
+    world
+        .send_orders(&[order("after-garbage", &[("SKU-BT-MOUSE", 1)])])
+        .await;
+
+    let outcomes = world.outcomes(1, MINUTE).await;
+    assert!(
+        outcomes.confirmed("after-garbage").is_some(),
+        "the order after the garbage is decided"
+    );
+
+    let dead = world.read_raw(&world.topics.orders_dlq, 4, MINUTE).await;
+    assert_eq!(dead.len(), 4, "every bad record is dead-lettered once");
+    let garbage = dead
+        .iter()
+        .find(|r| r.key.as_deref() == Some(b"garbage-1"))
+        .expect("the garbage");
+    assert_eq!(
+        garbage.payload.as_deref(),
+        Some(&b"\xde\xad\xbe\xef not avro"[..]),
+        "original bytes"
+    );
+    assert_eq!(
+        garbage.header("stockflow.source.topic").as_deref(),
+        Some(world.topics.orders.as_str())
+    );
+    assert!(
+        garbage
+            .header("stockflow.source.partition")
+            .is_some_and(|p| p.parse::<i32>().is_ok())
+    );
+    assert!(
+        garbage
+            .header("stockflow.source.offset")
+            .is_some_and(|o| o.parse::<i64>().is_ok())
+    );
+    assert!(
+        garbage
+            .header("stockflow.error")
+            .is_some_and(|e| !e.is_empty())
+    );
+    let wrong = dead
+        .iter()
+        .find(|r| r.key.as_deref() == Some(b"wrong-contract"))
+        .expect("the wrong contract");
+    assert!(
+        wrong
+            .header("stockflow.error")
+            .is_some_and(|e| e.contains("InventoryAdjusted")),
+        "names what it found"
+    );
+    let from_adjustments = dead
+        .iter()
+        .filter(|r| {
+            r.header("stockflow.source.topic").as_deref()
+                == Some(world.topics.inventory_adjustments.as_str())
+        })
+        .count();
+    assert_eq!(from_adjustments, 1);
+    assert_eq!(
+        running
+            .metrics
+            .dlq_records
+            .with_label_values(&[world.topics.orders.as_str()])
+            .get(),
+        3
+    );
+
+    token.cancel();
+    running.wait().await.expect("stops cleanly");
+}
+
+#[tokio::test]
+async fn mismatched_partition_counts_are_refused() {
+    let world = World::new("copart").await;
+    let config = world.connection.client_config();
+    schemas::admin::ensure_topics(
+        &config,
+        &[
+            schemas::admin::TopicSpec::new(&world.topics.orders, 4),
+            schemas::admin::TopicSpec::new(
+                format!("{}-line-results-repartition", world.application_id),
+                3,
+            ),
+        ],
+    )
+    .await
+    .expect("topics created");
+    let error = processor::app::start(
+        &world.connection,
+        &world.run_args(&[]),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect_err("refuses to start");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("line-results-repartition has 3 partitions but must have 4"),
+        "{message}"
+    );
+}
+
+/// Counts every order's outcomes and checks the stock of every sku against the adjustments
+/// and the confirmed orders.
+async fn check_invariants(
+    world: &World,
+    orders: usize,
+    initial: &HashMap<String, i64>,
+    restocked: &HashMap<String, i64>,
+) {
+    let outcomes = world.outcomes(orders, 5 * MINUTE).await;
+    let per_order = outcomes.per_order();
+    assert_eq!(per_order.len(), orders, "every order has an outcome");
+    let repeated: Vec<_> = per_order.iter().filter(|(_, n)| **n != 1).take(5).collect();
+    assert!(
+        repeated.is_empty(),
+        "no order has two outcomes: {repeated:?}"
+    );
+
+    let updates: Vec<InventoryUpdated> = world
+        .read(
+            &world.topics.inventory_updated,
+            Isolation::ReadCommitted,
+            0,
+            MINUTE,
+        )
+        .await;
+    let negative: Vec<_> = updates
+        .iter()
+        .filter(|u| u.available_after < 0)
+        .take(5)
+        .collect();
+    assert!(
+        negative.is_empty(),
+        "stock never goes negative: {negative:?}"
+    );
+
+    let mut confirmed: HashMap<String, i64> = HashMap::new();
+    for c in &outcomes.confirmed {
+        for line in &c.lines {
+            *confirmed.entry(line.sku.clone()).or_default() += i64::from(line.quantity);
+        }
+    }
+    let stock = final_stock(&updates);
+    for (sku, start) in initial {
+        let expected = start + restocked.get(sku).copied().unwrap_or(0)
+            - confirmed.get(sku).copied().unwrap_or(0);
+        assert_eq!(
+            stock.get(sku).copied().unwrap_or(*start),
+            expected,
+            "{sku}: initial + adjustments - confirmed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_orders_each_get_exactly_one_outcome() {
+    let world = World::new("scale").await;
+    let synthetic = 40;
+    world.seed(synthetic, 300).await;
+    let initial: HashMap<String, i64> = generator::catalog::catalog(synthetic, 300)
+        .into_iter()
+        .map(|p| (p.sku, p.initial_stock))
+        .collect();
+    let (running, token) = world.start(&[]).await;
+
+    // Restocks arrive while the orders do.
+    let restocks: Vec<InventoryAdjusted> = (0..200)
+        .map(|i| InventoryAdjusted {
+            adjustment_id: format!("restock-{i}"),
+            sku: generator::catalog::synthetic_sku(i % synthetic),
+            mode: AdjustmentMode::Delta,
+            quantity: 25,
+            reason: AdjustmentReason::Restock,
+            adjusted_at: now_millis(),
+            product_name: None,
+            unit_price_cents: None,
+        })
+        .collect();
+    let mut restocked: HashMap<String, i64> = HashMap::new();
+    for r in &restocks {
+        *restocked.entry(r.sku.clone()).or_default() += r.quantity;
+    }
+    let adjustments = {
+        let connection = world.connection.clone();
+        let topic = world.topics.inventory_adjustments.clone();
+        tokio::spawn(async move {
+            let mut publisher = generator::publish::Publisher::connect(&connection, 4)
+                .await
+                .expect("publisher");
+            for restock in &restocks {
+                publisher.send(&topic, restock).await.expect("sends");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            publisher.finish().await.expect("delivered");
+        })
+    };
+    let summary = world
+        .run_generator(
+            100_000,
+            &[
+                "--synthetic-skus",
+                &synthetic.to_string(),
+                "--lines-max",
+                "4",
+                "--duplicate-rate",
+                "0.01",
+                "--invalid-rate",
+                "0.01",
+            ],
+        )
+        .await;
+    adjustments.await.expect("restocks sent");
+    let distinct = (summary.valid + summary.invalid) as usize;
+
+    world
+        .wait_for_outcomes(&running.metrics, distinct as u64, 5 * MINUTE)
+        .await;
+    assert_eq!(
+        running.metrics.duplicate_orders.get(),
+        summary.duplicates,
+        "every duplicate counted"
+    );
+    // Let the releases of the last rejected orders land.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    check_invariants(&world, distinct, &initial, &restocked).await;
+
+    let uncommitted = world
+        .outcomes_with(Isolation::ReadUncommitted, distinct, MINUTE)
+        .await;
+    assert!(
+        uncommitted.per_order().len() == distinct,
+        "read_uncommitted sees every order too"
+    );
+
+    token.cancel();
+    running.wait().await.expect("stops cleanly");
+}

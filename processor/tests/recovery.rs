@@ -1,0 +1,297 @@
+//! Crashes and scaling: a processor child process killed with SIGKILL and restarted, and two
+//! instances sharing the partitions until one of them dies.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use schemas::testkit::Isolation;
+use schemas::{InventoryUpdated, OrderConfirmed};
+use support::{World, final_stock};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+struct ProcessorChild {
+    child: Child,
+    metrics: SocketAddr,
+}
+
+fn spawn(world: &World, state_dir: &std::path::Path) -> ProcessorChild {
+    let metrics = free_addr();
+    let child = Command::new(env!("CARGO_BIN_EXE_processor"))
+        .args(world.child_args(state_dir, metrics, &[]))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the processor binary starts");
+    ProcessorChild { child, metrics }
+}
+
+/// One metric's value (summed over its label sets) from a child's /metrics.
+async fn scrape(addr: SocketAddr, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+async fn wait_ready(child: &ProcessorChild, deadline: Duration) {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = reqwest::get(format!("http://{}/ready", child.metrics)).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the processor at {} was not ready in {deadline:?}",
+            child.metrics
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn kill(mut child: ProcessorChild) {
+    // SIGKILL: no chance to commit, flush or leave the group.
+    child.child.kill().expect("SIGKILL the processor");
+    let _ = child.child.wait();
+}
+
+/// Records in the changelogs (the sum of their partitions' end offsets).
+fn changelog_size(world: &World) -> i64 {
+    let consumer: BaseConsumer = world
+        .connection
+        .client_config()
+        .create()
+        .expect("a consumer");
+    let mut total = 0;
+    for store in ["orders", "inventory"] {
+        let topic = format!("{}-{store}-changelog", world.application_id);
+        for partition in 0..4 {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            total += high;
+        }
+    }
+    total
+}
+
+async fn check_invariants(world: &World, orders: usize, initial: &HashMap<String, i64>) {
+    let outcomes = world.outcomes(orders, 5 * MINUTE).await;
+    let per_order = outcomes.per_order();
+    assert_eq!(per_order.len(), orders, "every order has an outcome");
+    let repeated: Vec<_> = per_order.iter().filter(|(_, n)| **n != 1).take(5).collect();
+    assert!(
+        repeated.is_empty(),
+        "no outcome is duplicated under read_committed: {repeated:?}"
+    );
+    let uncommitted = world
+        .outcomes_with(Isolation::ReadUncommitted, orders, MINUTE)
+        .await;
+    let seen_uncommitted: usize = uncommitted.per_order().values().sum();
+    eprintln!("outcomes: {orders} under read_committed, {seen_uncommitted} under read_uncommitted");
+    assert!(seen_uncommitted >= orders);
+
+    let updates: Vec<InventoryUpdated> = world
+        .read(
+            &world.topics.inventory_updated,
+            Isolation::ReadCommitted,
+            0,
+            MINUTE,
+        )
+        .await;
+    assert!(
+        updates.iter().all(|u| u.available_after >= 0),
+        "stock never goes negative"
+    );
+    let mut confirmed: HashMap<&str, i64> = HashMap::new();
+    for c in &outcomes.confirmed {
+        let c: &OrderConfirmed = c;
+        for line in &c.lines {
+            *confirmed.entry(line.sku.as_str()).or_default() += i64::from(line.quantity);
+        }
+    }
+    let stock = final_stock(&updates);
+    for (sku, start) in initial {
+        let expected = start - confirmed.get(sku.as_str()).copied().unwrap_or(0);
+        assert_eq!(
+            stock.get(sku).copied().unwrap_or(*start),
+            expected,
+            "{sku}: initial - confirmed = final"
+        );
+    }
+}
+
+fn initial_stock(synthetic: u32, stock: i64) -> HashMap<String, i64> {
+    generator::catalog::catalog(synthetic, stock)
+        .into_iter()
+        .map(|p| (p.sku, p.initial_stock))
+        .collect()
+}
+
+#[tokio::test]
+async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
+    let world = World::new("crash").await;
+    let synthetic = 40;
+    world.seed(synthetic, 400).await;
+    let state = tempfile::tempdir().expect("state dir");
+
+    let generator = {
+        let world_connection = world.connection.clone();
+        tokio::spawn(async move {
+            let cli = <generator::cli::Cli as clap::Parser>::try_parse_from([
+                "generator",
+                "run",
+                "--partitions",
+                "4",
+                "--rate",
+                "8000",
+                "--count",
+                "100000",
+                "--synthetic-skus",
+                "40",
+                "--lines-max",
+                "3",
+                "--duplicate-rate",
+                "0.01",
+            ])
+            .expect("run arguments");
+            let generator::cli::Command::Run(args) = cli.command else {
+                unreachable!("parsed as run")
+            };
+            generator::app::run_orders(
+                &world_connection,
+                &args,
+                tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+            .expect("runs")
+        })
+    };
+
+    let mut child = spawn(&world, state.path());
+    wait_ready(&child, MINUTE).await;
+    let mut rng_state = 7u64;
+    for round in 0..3 {
+        // Let it work for 2-4 s, then kill it mid-flight.
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pause = 2000 + (rng_state >> 33) % 2000;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let decided = scrape(child.metrics, "stockflow_order_outcomes_total")
+            .await
+            .unwrap_or(0.0);
+        eprintln!("round {round}: killing after {pause} ms, {decided} outcomes so far");
+        kill(child);
+        let before_restart = changelog_size(&world);
+        child = spawn(&world, state.path());
+        wait_ready(&child, 3 * MINUTE).await;
+        let restored = scrape(child.metrics, "stockflow_restored_records_total")
+            .await
+            .expect("restore metric");
+        eprintln!("round {round}: restored {restored} of {before_restart} changelog records");
+        assert!(
+            before_restart > 1000,
+            "the changelogs hold real state ({before_restart} records)"
+        );
+        assert!(
+            restored < before_restart as f64 / 10.0,
+            "a restart restores only the changelog tail: {restored} of {before_restart}"
+        );
+    }
+    let summary = generator.await.expect("the generator finished");
+    let distinct = (summary.valid + summary.invalid) as usize;
+    check_invariants(&world, distinct, &initial_stock(synthetic, 400)).await;
+    kill(child);
+}
+
+#[tokio::test]
+async fn two_instances_share_the_work_and_survive_one_dying() {
+    let world = World::new("scale-out").await;
+    let synthetic = 40;
+    world.seed(synthetic, 400).await;
+    let (state_a, state_b) = (
+        tempfile::tempdir().expect("state dir"),
+        tempfile::tempdir().expect("state dir"),
+    );
+
+    let a = spawn(&world, state_a.path());
+    wait_ready(&a, MINUTE).await;
+    let b = spawn(&world, state_b.path());
+    let summary = world
+        .run_generator(
+            30_000,
+            &[
+                "--synthetic-skus",
+                "40",
+                "--lines-max",
+                "3",
+                "--rate",
+                "6000",
+            ],
+        )
+        .await;
+    let tasks_a = scrape(a.metrics, "stockflow_assigned_tasks")
+        .await
+        .expect("a's tasks");
+    let tasks_b = scrape(b.metrics, "stockflow_assigned_tasks")
+        .await
+        .expect("b's tasks");
+    eprintln!("tasks: a {tasks_a}, b {tasks_b}");
+    assert!(
+        tasks_a > 0.0 && tasks_b > 0.0,
+        "both instances own tasks: a {tasks_a}, b {tasks_b}"
+    );
+    assert_eq!(
+        tasks_a + tasks_b,
+        8.0,
+        "2 sub-topologies x 4 partitions, each owned once"
+    );
+
+    kill(b);
+    let more = world
+        .run_generator(
+            10_000,
+            &[
+                "--synthetic-skus",
+                "40",
+                "--lines-max",
+                "3",
+                "--rate",
+                "6000",
+                "--seed",
+                "43",
+            ],
+        )
+        .await;
+    let started = Instant::now();
+    while scrape(a.metrics, "stockflow_assigned_tasks").await != Some(8.0) {
+        assert!(started.elapsed() < 2 * MINUTE, "a took over every task");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let distinct = (summary.valid + summary.invalid + more.valid + more.invalid) as usize;
+    check_invariants(&world, distinct, &initial_stock(synthetic, 400)).await;
+    kill(a);
+}

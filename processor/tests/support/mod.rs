@@ -1,0 +1,390 @@
+//! Shared by the processor's integration tests: a test's own topics, application id and state
+//! dir; the generator to feed it; readers that decode and check what came out.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use generator::publish::Publisher;
+use processor::app::Running;
+use processor::cli::RunArgs;
+use schemas::cli::ConnectionArgs;
+use schemas::testkit::{Isolation, Record, read_topic, read_topics, stack, unique};
+use schemas::{
+    Codec, Contract, InventoryUpdated, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
+    Topics,
+};
+use tokio_util::sync::CancellationToken;
+
+/// One test's world: its topic prefix, application id and state directory.
+pub struct World {
+    pub name: String,
+    pub connection: ConnectionArgs,
+    pub topics: Topics,
+    pub application_id: String,
+    pub state: tempfile::TempDir,
+    pub bootstrap: String,
+    pub registry_url: String,
+    pub codec: Codec,
+}
+
+impl World {
+    pub async fn new(name: &str) -> Self {
+        let stack = stack().await;
+        let name = unique(name);
+        let prefix = format!("{name}-");
+        let connection = connection(
+            &stack.bootstrap_servers,
+            &stack.schema_registry_url,
+            &prefix,
+        );
+        let topics = connection.topics();
+        let codec = Codec::new(&stack.schema_registry_url, &topics).expect("codec");
+        Self {
+            application_id: format!("{name}-app"),
+            connection,
+            topics,
+            state: tempfile::tempdir().expect("a state dir"),
+            bootstrap: stack.bootstrap_servers.clone(),
+            registry_url: stack.schema_registry_url.clone(),
+            codec,
+            name,
+        }
+    }
+
+    /// `processor run` arguments for this world (metrics on a free port).
+    pub fn run_args(&self, extra: &[&str]) -> RunArgs {
+        self.run_args_in(self.state.path(), extra)
+    }
+
+    pub fn run_args_in(&self, state_dir: &std::path::Path, extra: &[&str]) -> RunArgs {
+        let state = state_dir.to_string_lossy().into_owned();
+        let mut argv = vec![
+            "processor",
+            "run",
+            "--application-id",
+            &self.application_id,
+            "--state-dir",
+            &state,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--partitions",
+            "4",
+            "--cache-mb",
+            "32",
+        ];
+        argv.extend_from_slice(extra);
+        match processor::cli::Cli::try_parse_from(argv)
+            .expect("valid run arguments")
+            .command
+        {
+            processor::cli::Command::Run(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// Starts a processor in this process.
+    pub async fn start(&self, extra: &[&str]) -> (Running, CancellationToken) {
+        let token = CancellationToken::new();
+        let running = processor::app::start(&self.connection, &self.run_args(extra), token.clone())
+            .await
+            .expect("the processor starts");
+        (running, token)
+    }
+
+    /// The command line of a processor child process for this world.
+    pub fn child_args(
+        &self,
+        state_dir: &std::path::Path,
+        metrics: SocketAddr,
+        extra: &[&str],
+    ) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--bootstrap-servers",
+            &self.bootstrap,
+            "--schema-registry-url",
+            &self.registry_url,
+            "--topic-prefix",
+            &format!("{}-", self.name),
+            "run",
+            "--application-id",
+            &self.application_id,
+            "--state-dir",
+            &state_dir.to_string_lossy(),
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--partitions",
+            "4",
+            "--cache-mb",
+            "32",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Seeds the sample catalog plus `synthetic` SKUs with `stock` each, on 4 partitions.
+    pub async fn seed(&self, synthetic: u32, stock: i64) {
+        let cli = generator::cli::Cli::try_parse_from([
+            "generator",
+            "seed",
+            "--partitions",
+            "4",
+            "--synthetic-skus",
+            &synthetic.to_string(),
+            "--synthetic-stock",
+            &stock.to_string(),
+        ])
+        .expect("seed arguments");
+        let generator::cli::Command::Seed(args) = cli.command else {
+            unreachable!("parsed as seed")
+        };
+        generator::app::seed(&self.connection, &args)
+            .await
+            .expect("seeds");
+    }
+
+    /// Publishes `orders` as they are.
+    pub async fn send_orders(&self, orders: &[OrderCreated]) {
+        let mut publisher = Publisher::connect(&self.connection, 4)
+            .await
+            .expect("publisher");
+        for order in orders {
+            publisher
+                .send(&self.topics.orders, order)
+                .await
+                .expect("sends");
+        }
+        publisher.finish().await.expect("delivered");
+    }
+
+    /// Publishes raw bytes to a topic (for garbage).
+    pub async fn send_raw(&self, topic: &str, key: &str, payload: &[u8]) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = self
+            .connection
+            .client_config()
+            .create()
+            .expect("a producer");
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("raw record delivered");
+    }
+
+    /// Publishes `count` generated orders (seed 42 unless given in `extra`).
+    pub async fn run_generator(&self, count: u64, extra: &[&str]) -> generator::app::RunSummary {
+        let count = count.to_string();
+        let mut argv = vec![
+            "generator",
+            "run",
+            "--partitions",
+            "4",
+            "--rate",
+            "0",
+            "--count",
+            &count,
+        ];
+        argv.extend_from_slice(extra);
+        let cli = generator::cli::Cli::try_parse_from(argv).expect("run arguments");
+        let generator::cli::Command::Run(args) = cli.command else {
+            unreachable!("parsed as run")
+        };
+        generator::app::run_orders(&self.connection, &args, CancellationToken::new())
+            .await
+            .expect("runs")
+    }
+
+    pub async fn read<C: Contract>(
+        &self,
+        topic: &str,
+        isolation: Isolation,
+        expected: usize,
+        deadline: Duration,
+    ) -> Vec<C> {
+        let records = read_topic(
+            &self.bootstrap,
+            topic,
+            isolation,
+            expected,
+            Duration::from_secs(3),
+            deadline,
+        )
+        .await;
+        let mut out = Vec::with_capacity(records.len());
+        for record in &records {
+            out.push(
+                self.codec
+                    .decode(record.payload.as_deref().expect("a payload"))
+                    .await
+                    .expect("decodes"),
+            );
+        }
+        out
+    }
+
+    pub async fn read_raw(&self, topic: &str, expected: usize, deadline: Duration) -> Vec<Record> {
+        read_topic(
+            &self.bootstrap,
+            topic,
+            Isolation::ReadCommitted,
+            expected,
+            Duration::from_secs(3),
+            deadline,
+        )
+        .await
+    }
+
+    /// Every outcome, once `expected` of them are in (read_committed), plus any extras that
+    /// arrive within a few seconds after.
+    pub async fn outcomes(&self, expected: usize, deadline: Duration) -> Outcomes {
+        self.outcomes_with(Isolation::ReadCommitted, expected, deadline)
+            .await
+    }
+
+    pub async fn outcomes_with(
+        &self,
+        isolation: Isolation,
+        expected: usize,
+        deadline: Duration,
+    ) -> Outcomes {
+        let topics = [
+            self.topics.orders_confirmed.as_str(),
+            self.topics.orders_rejected.as_str(),
+        ];
+        let records = read_topics(
+            &self.bootstrap,
+            &topics,
+            isolation,
+            expected,
+            Duration::from_secs(3),
+            deadline,
+        )
+        .await;
+        let mut outcomes = Outcomes {
+            confirmed: Vec::new(),
+            rejected: Vec::new(),
+        };
+        for record in &records {
+            let payload = record.payload.as_deref().expect("a payload");
+            if record.topic == self.topics.orders_confirmed {
+                outcomes
+                    .confirmed
+                    .push(self.codec.decode(payload).await.expect("decodes"));
+            } else {
+                outcomes
+                    .rejected
+                    .push(self.codec.decode(payload).await.expect("decodes"));
+            }
+        }
+        outcomes
+    }
+
+    /// Waits until `expected` outcomes have been counted by a processor's metrics.
+    pub async fn wait_for_outcomes(
+        &self,
+        metrics: &processor::metrics::Metrics,
+        expected: u64,
+        deadline: Duration,
+    ) {
+        let started = std::time::Instant::now();
+        loop {
+            let decided: u64 = ["confirmed", "rejected"]
+                .iter()
+                .flat_map(|o| {
+                    ["none", "insufficient_stock", "unknown_sku", "invalid_order"]
+                        .iter()
+                        .map(move |r| (*o, *r))
+                })
+                .map(|(o, r)| metrics.order_outcomes.with_label_values(&[o, r]).get())
+                .sum();
+            if decided >= expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "{decided} of {expected} orders decided in {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+pub fn connection(bootstrap: &str, registry: &str, prefix: &str) -> ConnectionArgs {
+    generator::cli::Cli::try_parse_from([
+        "generator",
+        "--bootstrap-servers",
+        bootstrap,
+        "--schema-registry-url",
+        registry,
+        "--topic-prefix",
+        prefix,
+        "schemas",
+        "list",
+    ])
+    .expect("connection arguments")
+    .connection
+}
+
+/// The outcomes read back.
+pub struct Outcomes {
+    pub confirmed: Vec<OrderConfirmed>,
+    pub rejected: Vec<OrderRejected>,
+}
+
+impl Outcomes {
+    /// How many outcomes each order id got.
+    pub fn per_order(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for id in self
+            .confirmed
+            .iter()
+            .map(|c| &c.order_id)
+            .chain(self.rejected.iter().map(|r| &r.order_id))
+        {
+            *counts.entry(id.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn confirmed(&self, id: &str) -> Option<&OrderConfirmed> {
+        self.confirmed.iter().find(|c| c.order_id == id)
+    }
+
+    pub fn rejected(&self, id: &str) -> Option<&OrderRejected> {
+        self.rejected.iter().find(|r| r.order_id == id)
+    }
+}
+
+pub fn order(id: &str, lines: &[(&str, i32)]) -> OrderCreated {
+    OrderCreated {
+        order_id: id.to_owned(),
+        customer_id: "customer-1".to_owned(),
+        created_at: schemas::now_millis(),
+        currency: "EUR".to_owned(),
+        lines: lines
+            .iter()
+            .map(|&(sku, quantity)| OrderLine {
+                sku: sku.to_owned(),
+                quantity,
+                unit_price_cents: 100,
+            })
+            .collect(),
+    }
+}
+
+/// The last InventoryUpdated per sku (the topic is keyed by sku, so per-sku order holds).
+pub fn final_stock(updates: &[InventoryUpdated]) -> HashMap<String, i64> {
+    let mut stock = HashMap::new();
+    for update in updates {
+        stock.insert(update.sku.clone(), update.available_after);
+    }
+    stock
+}

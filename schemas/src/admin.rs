@@ -1,0 +1,143 @@
+//! Topic administration shared by the generator and the processor: create the topics a
+//! program writes to if they are missing, and check the partition counts of those that exist.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+/// How long a metadata or admin call may take before the broker counts as unreachable.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A topic to create if it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    /// Topic configs, such as `cleanup.policy=compact`.
+    pub config: Vec<(String, String)>,
+}
+
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            config: Vec::new(),
+        }
+    }
+
+    pub fn with_config(mut self, key: &str, value: &str) -> Self {
+        self.config.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// Why topics could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("Kafka at {bootstrap} is unreachable: {reason}")]
+    Unreachable { bootstrap: String, reason: String },
+    #[error("cannot create topic {topic}: {reason}")]
+    Create { topic: String, reason: String },
+}
+
+/// A client config with the bootstrap servers and extra librdkafka properties applied.
+pub fn client_config(bootstrap: &str, extra: &[(String, String)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in extra {
+        config.set(key, value);
+    }
+    config
+}
+
+/// The partition count of every topic in `names` that exists (metadata of the whole cluster,
+/// one call). Fails with [`AdminError::Unreachable`] when no broker answers.
+pub fn partition_counts(
+    config: &ClientConfig,
+    names: &[&str],
+) -> Result<HashMap<String, i32>, AdminError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let bootstrap = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_owned();
+    let unreachable = |e: rdkafka::error::KafkaError| AdminError::Unreachable {
+        bootstrap: bootstrap.clone(),
+        reason: e.to_string(),
+    };
+    let consumer: BaseConsumer = config.create().map_err(unreachable)?;
+    let metadata = consumer
+        .fetch_metadata(None, ADMIN_TIMEOUT)
+        .map_err(unreachable)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| names.contains(&t.name()) && t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Creates each topic in `specs` that does not exist yet (replication factor 1 on a
+/// single-broker cluster, else the broker default). Existing topics are left as they are;
+/// their partition counts are returned so the caller can check them.
+pub async fn ensure_topics(
+    config: &ClientConfig,
+    specs: &[TopicSpec],
+) -> Result<HashMap<String, i32>, AdminError> {
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let existing = partition_counts(config, &names)?;
+    let missing: Vec<&TopicSpec> = specs
+        .iter()
+        .filter(|s| !existing.contains_key(&s.name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(existing);
+    }
+    let bootstrap = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_owned();
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|e| AdminError::Unreachable {
+            bootstrap,
+            reason: e.to_string(),
+        })?;
+    let new_topics: Vec<NewTopic> = missing
+        .iter()
+        .map(|spec| {
+            let mut topic = NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(-1));
+            for (key, value) in &spec.config {
+                topic = topic.set(key, value);
+            }
+            topic
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = admin
+        .create_topics(&new_topics, &options)
+        .await
+        .map_err(|e| AdminError::Create {
+            topic: names.join(","),
+            reason: e.to_string(),
+        })?;
+    for result in results {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(AdminError::Create {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    let mut counts = existing;
+    counts.extend(missing.iter().map(|s| (s.name.clone(), s.partitions)));
+    Ok(counts)
+}

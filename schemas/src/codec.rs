@@ -1,0 +1,153 @@
+//! The Confluent-framed Avro codec: magic byte 0, a 4-byte big-endian schema id, then the Avro
+//! body. Encoding and decoding go through `schema_registry_converter`, which caches schema ids
+//! and parsed schemas, so the registry is asked once per subject and once per id.
+//!
+//! Encoding always uses the contract compiled into this binary (registering it under the
+//! topic's subject if the registry does not have it yet), never "whatever is latest", so a
+//! newer schema registered by someone else cannot change what this binary writes. Decoding
+//! uses the writer's schema named by the id in the record, and checks that the record is the
+//! contract the caller expects.
+
+use std::collections::HashMap;
+
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+
+use crate::events::{Contract, TopicRole};
+use crate::topics::Topics;
+
+/// Why a record could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The registry could not be reached or answered with a server error: try again later.
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(SRCError),
+    /// The bytes are not a record this codec can read: not Confluent-framed, an unknown schema
+    /// id, or a body that does not match its schema. Retrying will not help (poison).
+    #[error("undecodable record: {0}")]
+    Undecodable(String),
+    /// A well-formed record of another contract than the one expected (poison).
+    #[error("expected a {expected} record, found {found}")]
+    WrongContract {
+        expected: &'static str,
+        found: String,
+    },
+    /// The registry refused to register or resolve this binary's schema (fatal).
+    #[error("cannot encode {contract}: {reason}")]
+    Encode {
+        contract: &'static str,
+        reason: String,
+    },
+}
+
+impl CodecError {
+    /// Whether the same call may succeed later (the registry was unreachable).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, CodecError::RegistryUnavailable(_))
+    }
+
+    /// Whether the record itself is bad and belongs in a dead-letter topic.
+    pub fn is_poison(&self) -> bool {
+        matches!(
+            self,
+            CodecError::Undecodable(_) | CodecError::WrongContract { .. }
+        )
+    }
+}
+
+/// Encodes and decodes the contracts for one set of [`Topics`].
+pub struct Codec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    /// The TopicNameStrategy, with this binary's schema, of each topic role.
+    strategies: HashMap<TopicRole, SubjectNameStrategy>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("subjects", &self.strategies.len())
+            .finish()
+    }
+}
+
+impl Codec {
+    /// A codec talking to the registry's Confluent-compatible API at `registry_url`.
+    pub fn new(registry_url: &str, topics: &Topics) -> Result<Self, CodecError> {
+        let settings = SrSettings::new_builder(registry_url.trim_end_matches('/').to_owned())
+            .set_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| CodecError::Encode {
+                contract: "any",
+                reason: e.to_string(),
+            })?;
+        let strategies = crate::events::ALL
+            .iter()
+            .map(|(_, schema, role)| {
+                let supplied = SuppliedSchema::new(None, SchemaType::Avro, (*schema).to_owned());
+                let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+                    topics.name(*role).to_owned(),
+                    false,
+                    supplied,
+                );
+                (*role, strategy)
+            })
+            .collect();
+        Ok(Self {
+            encoder: AvroEncoder::new(settings.clone()),
+            decoder: AvroDecoder::new(settings),
+            strategies,
+        })
+    }
+
+    /// Encodes `event` for its topic, Confluent-framed.
+    pub async fn encode<C: Contract>(&self, event: &C) -> Result<Vec<u8>, CodecError> {
+        let strategy = &self.strategies[&C::TOPIC];
+        self.encoder
+            .encode_struct(event, strategy)
+            .await
+            .map_err(|e| {
+                if e.retriable {
+                    CodecError::RegistryUnavailable(e)
+                } else {
+                    CodecError::Encode {
+                        contract: C::FULL_NAME,
+                        reason: e.to_string(),
+                    }
+                }
+            })
+    }
+
+    /// Decodes a Confluent-framed record that must be a `C`.
+    pub async fn decode<C: Contract>(&self, bytes: &[u8]) -> Result<C, CodecError> {
+        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
+            if e.retriable {
+                CodecError::RegistryUnavailable(e)
+            } else {
+                CodecError::Undecodable(e.error)
+            }
+        })?;
+        let found = decoded
+            .name
+            .map(|n| n.fullname(None))
+            .unwrap_or_else(|| "a non-record".to_owned());
+        if found != C::FULL_NAME {
+            return Err(CodecError::WrongContract {
+                expected: C::FULL_NAME,
+                found,
+            });
+        }
+        apache_avro::from_value::<C>(&decoded.value)
+            .map_err(|e| CodecError::Undecodable(format!("{} body: {e}", C::FULL_NAME)))
+    }
+}
+
+/// Parses a contract's schema text; the contracts are compiled in, so failure is a bug.
+pub fn parse_contract(schema: &str) -> Schema {
+    Schema::parse_str(schema).expect("invariant: the compiled-in .avsc files are valid Avro")
+}

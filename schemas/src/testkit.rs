@@ -1,0 +1,251 @@
+//! Test support for integration tests against real services (feature `testkit`).
+//!
+//! [`stack`] finds Kafka, the schema registry and PostgreSQL: from `KAFKA_BOOTSTRAP_SERVERS`,
+//! `SCHEMA_REGISTRY_URL` and `DATABASE_URL` when they are set (the local stack of
+//! `scripts/stack.sh`, or any other); otherwise, when a Docker engine answers, it starts them
+//! with testcontainers; otherwise it fails, saying how to start the local stack. Nothing here
+//! imitates a service.
+//!
+//! Each test owns its names: [`unique`] makes a topic prefix, group or schema name no other
+//! test (or earlier run) uses, so tests run in parallel against one cluster.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::sync::OnceCell;
+
+const HOW_TO_START: &str = "no test services: set KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL and \
+DATABASE_URL, or start the local stack with `scripts/stack.sh start && eval \"$(scripts/stack.sh env)\"` \
+(or run `scripts/test.sh`, which does both), or run with a Docker engine for testcontainers";
+
+/// Where the test services are.
+#[derive(Debug)]
+pub struct Stack {
+    pub bootstrap_servers: String,
+    pub schema_registry_url: String,
+    pub database_url: String,
+    /// Containers started for this test binary; kept alive until it exits.
+    _containers: Vec<ContainerAsync<GenericImage>>,
+}
+
+static STACK: OnceCell<Stack> = OnceCell::const_new();
+
+/// The test services, found or started once per test binary.
+pub async fn stack() -> &'static Stack {
+    STACK.get_or_init(find_or_start).await
+}
+
+async fn find_or_start() -> Stack {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let (Some(bootstrap_servers), Some(schema_registry_url), Some(database_url)) = (
+        env("KAFKA_BOOTSTRAP_SERVERS"),
+        env("SCHEMA_REGISTRY_URL"),
+        env("DATABASE_URL"),
+    ) {
+        return Stack {
+            bootstrap_servers,
+            schema_registry_url,
+            database_url,
+            _containers: Vec::new(),
+        };
+    }
+    if !docker_available() {
+        panic!("{HOW_TO_START}");
+    }
+    start_containers().await
+}
+
+fn docker_available() -> bool {
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port for the Kafka container")
+}
+
+async fn start_containers() -> Stack {
+    // Kafka advertises the host port it is reached on, so that port is chosen up front.
+    let kafka_port = free_port();
+    let kafka = GenericImage::new("apache/kafka", "4.1.0")
+        .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+        .with_mapped_port(kafka_port, ContainerPort::Tcp(9092))
+        .with_env_var("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
+        .with_env_var(
+            "KAFKA_ADVERTISED_LISTENERS",
+            format!("PLAINTEXT://127.0.0.1:{kafka_port}"),
+        )
+        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        .start()
+        .await
+        .expect("start the Kafka container");
+    let registry = GenericImage::new("apicurio/apicurio-registry-mem", "2.6.5.Final")
+        .with_exposed_port(ContainerPort::Tcp(8080))
+        .with_wait_for(WaitFor::message_on_stdout("Installed features"))
+        .start()
+        .await
+        .expect("start the schema registry container");
+    let postgres = GenericImage::new("postgres", "16")
+        .with_exposed_port(ContainerPort::Tcp(5432))
+        .with_wait_for(WaitFor::message_on_stderr(
+            "database system is ready to accept connections",
+        ))
+        .with_env_var("POSTGRES_USER", "stockflow")
+        .with_env_var("POSTGRES_PASSWORD", "stockflow")
+        .with_env_var("POSTGRES_DB", "stockflow")
+        .start()
+        .await
+        .expect("start the PostgreSQL container");
+    let registry_port = registry
+        .get_host_port_ipv4(8080)
+        .await
+        .expect("registry port");
+    let postgres_port = postgres
+        .get_host_port_ipv4(5432)
+        .await
+        .expect("postgres port");
+    Stack {
+        bootstrap_servers: format!("127.0.0.1:{kafka_port}"),
+        schema_registry_url: format!("http://127.0.0.1:{registry_port}/apis/ccompat/v7"),
+        database_url: format!("postgres://stockflow:stockflow@127.0.0.1:{postgres_port}/stockflow"),
+        _containers: vec![kafka, registry, postgres],
+    }
+}
+
+/// A name no other test or run uses: `<prefix>-<pid>-<millis>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{prefix}-{}-{}-{n}",
+        std::process::id(),
+        crate::now_millis()
+    )
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Whether a reader sees only committed transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    ReadCommitted,
+    ReadUncommitted,
+}
+
+/// Reads `topic` from the beginning: waits up to `deadline` for `expected` records, then keeps
+/// reading for `quiet` to catch any extra ones, and returns all it saw. Panics if `expected`
+/// records do not arrive within `deadline`, so a test never hangs.
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    isolation: Isolation,
+    expected: usize,
+    quiet: Duration,
+    deadline: Duration,
+) -> Vec<Record> {
+    read_topics(bootstrap, &[topic], isolation, expected, quiet, deadline).await
+}
+
+/// [`read_topic`] over several topics at once (`expected` counts all of them).
+pub async fn read_topics(
+    bootstrap: &str,
+    topics: &[&str],
+    isolation: Isolation,
+    expected: usize,
+    quiet: Duration,
+    deadline: Duration,
+) -> Vec<Record> {
+    let topic = topics.join(",");
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("testkit-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            match isolation {
+                Isolation::ReadCommitted => "read_committed",
+                Isolation::ReadUncommitted => "read_uncommitted",
+            },
+        )
+        .create()
+        .expect("a test consumer");
+    consumer
+        .subscribe(topics)
+        .expect("subscribe the test consumer");
+    let started = Instant::now();
+    let mut records = Vec::with_capacity(expected);
+    loop {
+        let wait = if records.len() < expected {
+            deadline.checked_sub(started.elapsed()).unwrap_or_default()
+        } else {
+            quiet
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) if records.len() < expected => {
+                panic!(
+                    "read {} of {expected} records from {topic} in {deadline:?}",
+                    records.len()
+                )
+            }
+            Err(_) => break,
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Ok(Ok(m)) => records.push(Record {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+    records
+}

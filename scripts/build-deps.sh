@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what building Stockflow needs beyond a Rust toolchain: libclang (RocksDB's bindgen),
+# a C/C++ toolchain and make (RocksDB, librdkafka). Idempotent: installs only what is missing.
+set -euo pipefail
+
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v make >/dev/null 2>&1 || missing+=(make)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v cargo >/dev/null 2>&1 || { echo "build-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
+
+if ((${#missing[@]})); then
+  echo "build-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "build-deps: ok"

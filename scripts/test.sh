@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The test command: installs the build dependencies, starts the local stack (Kafka, schema
+# registry, PostgreSQL, Prometheus on 127.0.0.1), then runs every test of the workspace
+# against it. Pass extra cargo test arguments after the script, e.g. `scripts/test.sh -p schemas`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stockflow/target}"
+scripts/build-deps.sh
+scripts/stack.sh start
+eval "$(scripts/stack.sh env)"
+
+# One profile (release) for everything: RocksDB and librdkafka are built once, and the
+# large end-to-end tests run at a realistic speed.
+cargo test --release --workspace "$@"
