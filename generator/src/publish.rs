@@ -78,6 +78,7 @@ impl Publisher {
             .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("partitioner", schemas::admin::PARTITIONER)
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")

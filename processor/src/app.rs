@@ -1,5 +1,5 @@
 //! `processor run`, as a function of its config and a shutdown token: checks the services,
-//! prepares the schemas and topics, serves metrics, and runs the engine on a blocking thread.
+//! prepares the schemas and topics, serves metrics, and runs the engine on a thread of its own.
 //! Any task's failure cancels the root token, so everything stops together.
 
 use std::fs::File;
@@ -30,7 +30,7 @@ pub struct Running {
     pub metrics: Metrics,
     /// True once every assigned task is restored.
     pub ready: Arc<AtomicBool>,
-    engine: JoinHandle<anyhow::Result<()>>,
+    engine: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
     server: JoinHandle<()>,
     shutdown: CancellationToken,
 }
@@ -96,24 +96,21 @@ pub async fn start(
         instance_id,
         cache_bytes: (args.cache_mb << 20) as usize,
     };
-    let runtime = tokio::runtime::Handle::current();
-    let engine = {
+    // The engine gets a thread of its own (not a blocking-pool task, which a runtime would wait
+    // for on shutdown); its result comes back on a channel.
+    let (done, engine) = tokio::sync::oneshot::channel();
+    {
         let (metrics, ready, shutdown) = (metrics.clone(), ready.clone(), shutdown.clone());
-        tokio::task::spawn_blocking(move || {
-            let _lock = lock;
-            let result = run_engine(
-                config,
-                topology_topics,
-                codec,
-                metrics,
-                ready,
-                shutdown.clone(),
-                runtime,
-            );
-            shutdown.cancel();
-            result.map_err(anyhow::Error::from)
-        })
-    };
+        std::thread::Builder::new()
+            .name("stockflow-engine".to_owned())
+            .spawn(move || {
+                let _lock = lock;
+                let result = run_engine(config, topology_topics, codec, metrics, ready, shutdown.clone());
+                shutdown.cancel();
+                let _ = done.send(result.map_err(anyhow::Error::from));
+            })
+            .context("cannot start the engine thread")?;
+    }
     Ok(Running {
         metrics_addr,
         metrics,

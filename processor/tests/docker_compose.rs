@@ -533,6 +533,23 @@ fn metric_names_reads_only_metric_selectors() {
     );
 }
 
+#[test]
+fn documented_metrics_are_the_contract_names_and_their_histogram_series() {
+    assert!(is_documented_metric("stockflow_assigned_tasks"));
+    assert!(is_documented_metric(
+        "stockflow_commit_latency_seconds_bucket"
+    ));
+    assert!(is_documented_metric("process_resident_memory_bytes"));
+    assert!(
+        !is_documented_metric("stockflow_order_outcome_total"),
+        "a typo is not documented"
+    );
+    assert!(
+        !is_documented_metric("up"),
+        "Prometheus' own series are not the processor's"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // helpers: files
 // ---------------------------------------------------------------------------------------------
@@ -842,7 +859,8 @@ fn is_documented_metric(name: &str) -> bool {
 // helpers: PromQL
 // ---------------------------------------------------------------------------------------------
 
-/// Keywords that may stand where a metric name could, in lower case.
+/// Keywords that may stand where a metric name could, in lower case: binary and modifier
+/// keywords, and the aggregation operators (which may be followed by `by (..)` before their `(`).
 const PROMQL_KEYWORDS: &[&str] = &[
     "and",
     "or",
@@ -858,6 +876,20 @@ const PROMQL_KEYWORDS: &[&str] = &[
     "inf",
     "nan",
     "atan2",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
 ];
 
 /// Keywords followed by a parenthesised list of label names.

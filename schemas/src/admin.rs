@@ -45,6 +45,11 @@ pub enum AdminError {
     Create { topic: String, reason: String },
 }
 
+/// The partitioner of every Stockflow producer: librdkafka's name for the Java clients' default
+/// (murmur2), so a key lands on the same partition whichever client produced it. Co-partitioning
+/// depends on it: the processor's commands keyed by sku must land where the sku's adjustments did.
+pub const PARTITIONER: &str = "murmur2_random";
+
 /// A client config with the bootstrap servers and extra librdkafka properties applied.
 pub fn client_config(bootstrap: &str, extra: &[(String, String)]) -> ClientConfig {
     let mut config = ClientConfig::new();

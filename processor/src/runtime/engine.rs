@@ -65,6 +65,8 @@ pub enum EngineError {
     Restore(#[from] RestoreError),
     #[error("cannot encode an output: {0}")]
     Encode(CodecError),
+    #[error("cannot start the engine's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// A step that could not finish now but may later (the registry is unreachable).
@@ -103,7 +105,7 @@ pub struct Engine {
     tasks: BTreeMap<TaskId, Task>,
     tx: Transactor,
     codec: Arc<Codec>,
-    runtime: tokio::runtime::Handle,
+    runtime: tokio::runtime::Runtime,
     memory: SharedMemory,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
@@ -175,8 +177,13 @@ pub fn run_engine(
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
-    runtime: tokio::runtime::Handle,
 ) -> Result<(), EngineError> {
+    // The codec's registry calls (cached after the first of each schema) run on a small
+    // runtime of the engine's own, so the engine never depends on its caller's runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(EngineError::Runtime)?;
     let changelogs = SubTopology::ALL
         .iter()
         .map(|s| topics.changelog(*s).to_owned())

@@ -168,9 +168,7 @@ impl Transactor {
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
-            // The Java clients' partitioner: keys land where Kafka Streams would put them,
-            // and where Java producers of the input topics put them.
-            .set("partitioner", "murmur2_random");
+            .set("partitioner", schemas::admin::PARTITIONER);
         if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
             config
                 .set("transactional.id", &transactional_id)
