@@ -18,7 +18,8 @@ scripts/stack.sh start
 eval "$(scripts/stack.sh env)"
 
 echo "run: building the processor and the generator (the first build takes a while)"
-cargo build --release -p processor -p generator
+# The same build as the tests (dev-dependencies included), so nothing is compiled twice.
+cargo build --release --workspace --all-targets
 bin="$CARGO_TARGET_DIR/release"
 
 "$bin/generator" schemas register

@@ -253,7 +253,7 @@ impl Transactor {
         match self.guarantee {
             ProcessingGuarantee::ExactlyOnceV2 => self.commit_transaction(consumer, &offsets),
             ProcessingGuarantee::AtLeastOnce => {
-                self.producer.flush(TXN_TIMEOUT)?;
+                self.drain()?;
                 let delivered = self.tracker().take();
                 if let Some(failure) = delivered.failure {
                     return Ok(Committed::Aborted(failure));
@@ -280,6 +280,10 @@ impl Transactor {
                 "the consumer has no group metadata yet".to_owned(),
             ));
         };
+        // Deliver everything first: commit_transaction's own flush waits in steps of 100 ms.
+        if let Err(error) = self.drain() {
+            return Ok(Committed::Aborted(error.to_string()));
+        }
         let attempt = || -> Result<(), KafkaError> {
             if offsets.count() > 0 {
                 self.producer
@@ -310,6 +314,19 @@ impl Transactor {
             }
             Err(e) => Err(classify(&self.transactional_id, e)),
         }
+    }
+
+    /// Waits until every record sent has its delivery report. (`BaseProducer::flush` polls in
+    /// 100 ms steps, which would put a floor of 100 ms under every commit.)
+    fn drain(&self) -> Result<(), GuaranteeError> {
+        let deadline = Instant::now() + TXN_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                return Err(GuaranteeError::Kafka(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)));
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Aborts the open transaction (exactly-once) and forgets its deliveries.
