@@ -105,7 +105,14 @@ pub async fn start(
             .name("stockflow-engine".to_owned())
             .spawn(move || {
                 let _lock = lock;
-                let result = run_engine(config, topology_topics, codec, metrics, ready, shutdown.clone());
+                let result = run_engine(
+                    config,
+                    topology_topics,
+                    codec,
+                    metrics,
+                    ready,
+                    shutdown.clone(),
+                );
                 shutdown.cancel();
                 let _ = done.send(result.map_err(anyhow::Error::from));
             })

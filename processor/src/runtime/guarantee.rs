@@ -322,7 +322,9 @@ impl Transactor {
         let deadline = Instant::now() + TXN_TIMEOUT;
         while self.producer.in_flight_count() > 0 {
             if Instant::now() > deadline {
-                return Err(GuaranteeError::Kafka(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)));
+                return Err(GuaranteeError::Kafka(KafkaError::Flush(
+                    RDKafkaErrorCode::OperationTimedOut,
+                )));
             }
             self.producer.poll(Duration::from_millis(1));
         }

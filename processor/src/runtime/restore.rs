@@ -64,6 +64,8 @@ pub fn restore(
     };
     let consumer: BaseConsumer = config
         .clone()
+        // Partitions are assigned by hand: the group is never joined, nothing is committed.
+        .set("group.id", "stockflow-restore")
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -135,7 +137,13 @@ pub fn restore(
                     });
                 }
             }
-            Some(Err(e)) => return Err(kafka(e)),
+            Some(Err(error)) => {
+                // Transient (a broker reconnecting); a restore that stops progressing fails below.
+                tracing::warn!(topic, partition, %error, "restore consumer error");
+                if progressed.elapsed() > STALL_LIMIT {
+                    return Err(kafka(error));
+                }
+            }
         }
     }
     let rest = batch.len();

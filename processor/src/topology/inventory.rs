@@ -398,8 +398,10 @@ mod tests {
                     }
                 };
                 let before = sku.as_ref().map_or(0, |s| s.available + s.reserved);
-                if let Some(u) = &decision.update {
-                    if kind == 2 { adjusted_total += u.change; }
+                if let Some(u) = &decision.update
+                    && kind == 2
+                {
+                    adjusted_total += u.change;
                 }
                 match decision.sku { Change::Put(s) => sku = Some(s), Change::Delete => sku = None, Change::Keep => {} }
                 match decision.reservation { Change::Put(r) => { held.insert(key, r); } Change::Delete => { held.remove(&key); } Change::Keep => {} }

@@ -182,16 +182,10 @@ impl World {
     /// Publishes `count` generated orders (seed 42 unless given in `extra`).
     pub async fn run_generator(&self, count: u64, extra: &[&str]) -> generator::app::RunSummary {
         let count = count.to_string();
-        let mut argv = vec![
-            "generator",
-            "run",
-            "--partitions",
-            "4",
-            "--rate",
-            "0",
-            "--count",
-            &count,
-        ];
+        let mut argv = vec!["generator", "run", "--partitions", "4", "--count", &count];
+        if !extra.contains(&"--rate") {
+            argv.extend(["--rate", "0"]);
+        }
         argv.extend_from_slice(extra);
         let cli = generator::cli::Cli::try_parse_from(argv).expect("run arguments");
         let generator::cli::Command::Run(args) = cli.command else {
