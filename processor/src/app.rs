@@ -77,6 +77,7 @@ pub async fn start(
     let instance_id = instance_id(&state_dir)?;
 
     let metrics = Metrics::new(prometheus::Registry::new());
+    metrics.initialize_labels(&topology_topics.sources());
     let ready = Arc::new(AtomicBool::new(false));
     let (metrics_addr, server) = serve_metrics(
         args.metrics_addr,

@@ -214,6 +214,28 @@ impl Metrics {
         }
     }
 
+    /// Exports every known label combination at zero from the start, so dashboards show a
+    /// flat line rather than no data before the first event of a kind.
+    pub fn initialize_labels(&self, input_topics: &[&str]) {
+        for (outcome, reason) in [
+            ("confirmed", "none"),
+            ("rejected", "insufficient_stock"),
+            ("rejected", "unknown_sku"),
+            ("rejected", "invalid_order"),
+        ] {
+            self.order_outcomes.with_label_values(&[outcome, reason]);
+        }
+        for outcome in ["committed", "aborted"] {
+            self.transactions.with_label_values(&[outcome]);
+        }
+        for kind in ["assigned", "revoked"] {
+            self.rebalances.with_label_values(&[kind]);
+        }
+        for topic in input_topics {
+            self.dlq_records.with_label_values(&[topic]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         use prometheus::Encoder;

@@ -1,0 +1,570 @@
+//! End-to-end benchmark of the processor against the real local stack, printing a table.
+//!
+//! Run it with `scripts/bench.sh` (which starts the stack), or, with the stack's environment
+//! set, `cargo run --release --example e2e_bench -- [--orders N] [--latency-rate R]`.
+//!
+//! For each stream shape (single-line, multi-line) and guarantee (exactly_once_v2,
+//! at_least_once) it pre-publishes N orders, starts a `processor` child process, and measures
+//! how long deciding all of them takes (orders/s), the processor's CPU seconds and peak RSS.
+//! In the same run it measures a raw pass-through baseline: an rdkafka consume-and-produce loop
+//! with transactions and the same commit interval that does the same number of Kafka reads and
+//! writes per order as the single-line topology (3 reads, 8 writes) with no state and no
+//! decisions. It then measures order end-to-end latency (created_at to the outcome as a
+//! read_committed consumer receives it) at a fixed rate, and the restore rate of a new
+//! instance that rebuilds all state from the changelogs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use schemas::admin::{TopicSpec, ensure_topics};
+use schemas::cli::ConnectionArgs;
+use schemas::testkit::{stack, unique};
+use schemas::{Codec, OrderConfirmed, OrderRejected, now_millis};
+use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: &str = "4";
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Orders per throughput run.
+    #[arg(long, default_value_t = 100_000)]
+    orders: u64,
+    /// Orders per second in the latency run.
+    #[arg(long, default_value_t = 5_000)]
+    latency_rate: u64,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 15)]
+    latency_seconds: u64,
+}
+
+struct Row {
+    name: String,
+    orders: u64,
+    seconds: f64,
+    cpu: f64,
+    rss_mb: f64,
+}
+
+fn connection(prefix: &str, bootstrap: &str, registry: &str) -> ConnectionArgs {
+    generator::cli::Cli::try_parse_from([
+        "generator",
+        "--bootstrap-servers",
+        bootstrap,
+        "--schema-registry-url",
+        registry,
+        "--topic-prefix",
+        prefix,
+        "schemas",
+        "list",
+    ])
+    .expect("connection arguments")
+    .connection
+}
+
+fn processor_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("processor")
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+async fn scrape(addr: SocketAddr, name: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
+        return 0.0;
+    };
+    let body = response.text().await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU seconds (user + system) and peak RSS in MiB of a child, from /proc.
+fn usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(") ")
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    let cpu = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu / ticks, hwm_kb / 1024.0)
+}
+
+struct Processor {
+    child: Child,
+    metrics: SocketAddr,
+}
+
+fn start_processor(prefix: &str, app: &str, state: &Path, guarantee: &str) -> Processor {
+    let stack_env = |k: &str| std::env::var(k).expect("the stack's environment");
+    let metrics = free_addr();
+    let child = Command::new(processor_binary())
+        .args([
+            "--bootstrap-servers",
+            &stack_env("KAFKA_BOOTSTRAP_SERVERS"),
+            "--schema-registry-url",
+            &stack_env("SCHEMA_REGISTRY_URL"),
+            "--topic-prefix",
+            prefix,
+            "run",
+            "--application-id",
+            app,
+            "--state-dir",
+            &state.to_string_lossy(),
+            "--metrics-addr",
+            &metrics.to_string(),
+            "--partitions",
+            PARTITIONS,
+            "--processing-guarantee",
+            guarantee,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the processor starts");
+    Processor { child, metrics }
+}
+
+async fn decided(p: &Processor) -> f64 {
+    scrape(p.metrics, "stockflow_order_outcomes_total").await
+}
+
+async fn publish(
+    connection: &ConnectionArgs,
+    count: u64,
+    lines_max: u32,
+    rate: u64,
+    seed: u64,
+) -> generator::app::RunSummary {
+    let (count, lines, rate, seed) = (
+        count.to_string(),
+        lines_max.to_string(),
+        rate.to_string(),
+        seed.to_string(),
+    );
+    let cli = generator::cli::Cli::try_parse_from([
+        "generator",
+        "run",
+        "--partitions",
+        PARTITIONS,
+        "--count",
+        &count,
+        "--rate",
+        &rate,
+        "--seed",
+        &seed,
+        "--synthetic-skus",
+        "1000",
+        "--lines-max",
+        &lines,
+    ])
+    .expect("run arguments");
+    let generator::cli::Command::Run(args) = cli.command else {
+        unreachable!("parsed as run")
+    };
+    generator::app::run_orders(connection, &args, CancellationToken::new())
+        .await
+        .expect("publishes")
+}
+
+async fn seed(connection: &ConnectionArgs) {
+    let cli = generator::cli::Cli::try_parse_from([
+        "generator",
+        "seed",
+        "--partitions",
+        PARTITIONS,
+        "--synthetic-skus",
+        "1000",
+        "--synthetic-stock",
+        "1000000000",
+    ])
+    .expect("seed arguments");
+    let generator::cli::Command::Seed(args) = cli.command else {
+        unreachable!("parsed as seed")
+    };
+    generator::app::seed(connection, &args)
+        .await
+        .expect("seeds");
+}
+
+/// Pre-publishes the orders, then times one processor deciding them all.
+async fn throughput(
+    name: &str,
+    lines_max: u32,
+    guarantee: &str,
+    orders: u64,
+    bootstrap: &str,
+    registry: &str,
+) -> (Row, String, String) {
+    let prefix = format!("{}-", unique("bench"));
+    let app = format!("{prefix}app");
+    let connection = connection(&prefix, bootstrap, registry);
+    seed(&connection).await;
+    let summary = publish(&connection, orders, lines_max, 0, 42).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let started = Instant::now();
+    let mut processor = start_processor(&prefix, &app, state.path(), guarantee);
+    let target = (summary.valid + summary.invalid) as f64;
+    while decided(&processor).await < target {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{name}: not done in 10 minutes"
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu, rss_mb) = usage(processor.child.id());
+    let _ = processor.child.kill();
+    let _ = processor.child.wait();
+    (
+        Row {
+            name: name.to_owned(),
+            orders,
+            seconds,
+            cpu,
+            rss_mb,
+        },
+        prefix,
+        app,
+    )
+}
+
+/// The raw pass-through baseline: 3 reads and 8 writes per order, transactional, no state.
+async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
+    let prefix = format!("{}-", unique("baseline"));
+    let connection = connection(&prefix, bootstrap, registry);
+    publish(&connection, orders, 1, 0, 42).await;
+    let topics = connection.topics();
+    let (hop1, hop2, sink) = (
+        format!("{prefix}hop1"),
+        format!("{prefix}hop2"),
+        format!("{prefix}sink"),
+    );
+    let config = connection.client_config();
+    ensure_topics(
+        &config,
+        &[
+            TopicSpec::new(&hop1, 4),
+            TopicSpec::new(&hop2, 4),
+            TopicSpec::new(&sink, 4),
+        ],
+    )
+    .await
+    .expect("baseline topics");
+    let (input, hop1_t, hop2_t, sink_t) = (
+        topics.orders.clone(),
+        hop1.clone(),
+        hop2.clone(),
+        sink.clone(),
+    );
+    let started = Instant::now();
+    let cpu_before = usage(std::process::id()).0;
+    let handle = std::thread::spawn(move || {
+        let consumer: BaseConsumer = config
+            .clone()
+            .set("group.id", format!("{input}-baseline"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range")
+            .create()
+            .expect("consumer");
+        let producer: BaseProducer = config
+            .clone()
+            .set("transactional.id", format!("{input}-baseline"))
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .expect("producer");
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .expect("init transactions");
+        consumer
+            .subscribe(&[&input, &hop1_t, &hop2_t])
+            .expect("subscribe");
+        let mut finished = 0u64;
+        let mut in_txn = false;
+        let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+        let mut last_commit = Instant::now();
+        let send = |topic: &str, key: &[u8], payload: &[u8]| {
+            let mut record = BaseRecord::to(topic).key(key).payload(payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(1));
+                    }
+                }
+            }
+        };
+        while finished < orders {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                if !in_txn {
+                    producer.begin_transaction().expect("begin");
+                    in_txn = true;
+                }
+                let (key, payload) = (m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+                let topic = m.topic();
+                if topic == input {
+                    send(&hop1_t, key, payload);
+                    send(&sink_t, key, payload);
+                } else if topic == hop1_t {
+                    send(&hop2_t, key, payload);
+                    for _ in 0..3 {
+                        send(&sink_t, key, payload);
+                    }
+                } else {
+                    send(&sink_t, key, payload);
+                    send(&sink_t, key, payload);
+                    finished += 1;
+                }
+                positions.insert((topic.to_owned(), m.partition()), m.offset() + 1);
+            }
+            producer.poll(Duration::ZERO);
+            if in_txn && last_commit.elapsed() >= Duration::from_millis(100) {
+                while producer.in_flight_count() > 0 {
+                    producer.poll(Duration::from_millis(1));
+                }
+                let mut tpl = TopicPartitionList::new();
+                for ((t, p), o) in &positions {
+                    tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                        .expect("offset");
+                }
+                let group = consumer.group_metadata().expect("group metadata");
+                producer
+                    .send_offsets_to_transaction(&tpl, &group, Duration::from_secs(30))
+                    .expect("offsets");
+                producer
+                    .commit_transaction(Duration::from_secs(30))
+                    .expect("commit");
+                in_txn = false;
+                last_commit = Instant::now();
+            }
+        }
+    });
+    handle.join().expect("baseline loop");
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu_after, rss_mb) = usage(std::process::id());
+    Row {
+        name: "raw pass-through baseline (3 reads, 8 writes / order)".into(),
+        orders,
+        seconds,
+        cpu: cpu_after - cpu_before,
+        rss_mb,
+    }
+}
+
+async fn is_ready(addr: SocketAddr) -> bool {
+    reqwest::get(format!("http://{addr}/ready"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Order end-to-end latency at a fixed rate: created_at to receipt by a read_committed consumer.
+async fn latency(
+    rate: u64,
+    seconds: u64,
+    bootstrap: &str,
+    registry: &str,
+) -> (f64, f64, f64, usize) {
+    let prefix = format!("{}-", unique("latency"));
+    let app = format!("{prefix}app");
+    let connection = connection(&prefix, bootstrap, registry);
+    seed(&connection).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let processor = start_processor(&prefix, &app, state.path(), "exactly_once_v2");
+    let topics = connection.topics();
+    let codec = Codec::new(registry, &topics).expect("codec");
+    let consumer: StreamConsumer = connection
+        .client_config()
+        .set("group.id", format!("{prefix}latency"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&topics.orders_confirmed, &topics.orders_rejected])
+        .expect("subscribe");
+    // Wait until the processor is ready before the clock starts.
+    let ready = Instant::now();
+    while !is_ready(processor.metrics).await {
+        assert!(
+            ready.elapsed() < Duration::from_secs(60),
+            "processor not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected = rate * seconds;
+    let publisher = {
+        let connection = connection.clone();
+        tokio::spawn(async move { publish(&connection, expected, 1, rate, 7).await })
+    };
+    let mut latencies = Vec::with_capacity(expected as usize);
+    let deadline = Instant::now() + Duration::from_secs(seconds + 60);
+    while (latencies.len() as u64) < expected && Instant::now() < deadline {
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
+            continue;
+        };
+        let received = now_millis();
+        let payload = m.payload().unwrap_or_default();
+        let created_at = if m.topic() == topics.orders_confirmed {
+            codec
+                .decode::<OrderConfirmed>(payload)
+                .await
+                .map(|c| c.created_at)
+        } else {
+            codec
+                .decode::<OrderRejected>(payload)
+                .await
+                .map(|r| r.created_at)
+        };
+        if let Ok(created_at) = created_at {
+            latencies.push((received - created_at) as f64);
+        }
+    }
+    publisher.await.expect("publisher");
+    let mut processor = processor;
+    let _ = processor.child.kill();
+    let _ = processor.child.wait();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (pct(0.5), pct(0.99), pct(0.999), latencies.len())
+}
+
+/// A new instance with an empty state dir restores everything from the changelogs.
+async fn restore_rate(prefix: &str, app: &str) -> (f64, f64) {
+    let state = tempfile::tempdir().expect("state dir");
+    let started = Instant::now();
+    let mut processor = start_processor(prefix, app, state.path(), "exactly_once_v2");
+    while !is_ready(processor.metrics).await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let restored = scrape(processor.metrics, "stockflow_restored_records_total").await;
+    let _ = processor.child.kill();
+    let _ = processor.child.wait();
+    (restored, seconds)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let stack = stack().await;
+    let (bootstrap, registry) = (
+        stack.bootstrap_servers.clone(),
+        stack.schema_registry_url.clone(),
+    );
+    let n = args.orders;
+    println!(
+        "Stockflow end-to-end benchmark: {n} orders per run, 4 partitions, 1000 SKUs, one processor instance"
+    );
+
+    let base = baseline(n, &bootstrap, &registry).await;
+    let mut rows = Vec::new();
+    let mut restore_source = None;
+    for (name, lines, guarantee) in [
+        ("single-line, exactly_once_v2", 1, "exactly_once_v2"),
+        ("single-line, at_least_once", 1, "at_least_once"),
+        ("multi-line (1-5), exactly_once_v2", 5, "exactly_once_v2"),
+        ("multi-line (1-5), at_least_once", 5, "at_least_once"),
+    ] {
+        let (row, prefix, app) = throughput(name, lines, guarantee, n, &bootstrap, &registry).await;
+        if restore_source.is_none() {
+            restore_source = Some((prefix, app));
+        }
+        rows.push(row);
+    }
+    let (p50, p99, p999, samples) = latency(
+        args.latency_rate,
+        args.latency_seconds,
+        &bootstrap,
+        &registry,
+    )
+    .await;
+    let (restored, restore_seconds) = match &restore_source {
+        Some((prefix, app)) => restore_rate(prefix, app).await,
+        None => (0.0, 0.0),
+    };
+
+    let base_rate = base.orders as f64 / base.seconds;
+    println!();
+    println!("| run | orders | seconds | orders/s | vs baseline | CPU s | peak RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {:.1} | {:.0} | 1.00 | {:.1} | {:.0} (bench process) |",
+        base.name, base.orders, base.seconds, base_rate, base.cpu, base.rss_mb
+    );
+    for row in &rows {
+        let rate = row.orders as f64 / row.seconds;
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} |",
+            row.name,
+            row.orders,
+            row.seconds,
+            rate,
+            rate / base_rate,
+            row.cpu,
+            row.rss_mb
+        );
+    }
+    println!();
+    println!(
+        "| order end-to-end latency (created_at -> outcome received, read_committed) | value |"
+    );
+    println!("|---|---:|");
+    println!(
+        "| rate | {} orders/s for {} s ({samples} outcomes) |",
+        args.latency_rate, args.latency_seconds
+    );
+    println!("| p50 | {p50:.0} ms |");
+    println!("| p99 | {p99:.0} ms |");
+    println!("| p99.9 | {p999:.0} ms |");
+    println!();
+    println!("| restore from the changelogs (new instance, empty state dir) | value |");
+    println!("|---|---:|");
+    println!("| records restored | {restored:.0} |");
+    println!("| start to ready | {restore_seconds:.1} s |");
+    println!(
+        "| records/s (including start-up) | {:.0} |",
+        restored / restore_seconds.max(1e-9)
+    );
+}
