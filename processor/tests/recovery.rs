@@ -9,9 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use schemas::testkit::Isolation;
-use schemas::{InventoryUpdated, OrderConfirmed};
-use support::{World, final_stock};
+use support::World;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -98,52 +96,6 @@ fn changelog_size(world: &World) -> i64 {
     total
 }
 
-async fn check_invariants(world: &World, orders: usize, initial: &HashMap<String, i64>) {
-    let outcomes = world.outcomes(orders, 5 * MINUTE).await;
-    let per_order = outcomes.per_order();
-    assert_eq!(per_order.len(), orders, "every order has an outcome");
-    let repeated: Vec<_> = per_order.iter().filter(|(_, n)| **n != 1).take(5).collect();
-    assert!(
-        repeated.is_empty(),
-        "no outcome is duplicated under read_committed: {repeated:?}"
-    );
-    let uncommitted = world
-        .outcomes_with(Isolation::ReadUncommitted, orders, MINUTE)
-        .await;
-    let seen_uncommitted: usize = uncommitted.per_order().values().sum();
-    eprintln!("outcomes: {orders} under read_committed, {seen_uncommitted} under read_uncommitted");
-    assert!(seen_uncommitted >= orders);
-
-    let updates: Vec<InventoryUpdated> = world
-        .read(
-            &world.topics.inventory_updated,
-            Isolation::ReadCommitted,
-            0,
-            MINUTE,
-        )
-        .await;
-    assert!(
-        updates.iter().all(|u| u.available_after >= 0),
-        "stock never goes negative"
-    );
-    let mut confirmed: HashMap<&str, i64> = HashMap::new();
-    for c in &outcomes.confirmed {
-        let c: &OrderConfirmed = c;
-        for line in &c.lines {
-            *confirmed.entry(line.sku.as_str()).or_default() += i64::from(line.quantity);
-        }
-    }
-    let stock = final_stock(&updates);
-    for (sku, start) in initial {
-        let expected = start - confirmed.get(sku.as_str()).copied().unwrap_or(0);
-        assert_eq!(
-            stock.get(sku).copied().unwrap_or(*start),
-            expected,
-            "{sku}: initial - confirmed = final"
-        );
-    }
-}
-
 fn initial_stock(synthetic: u32, stock: i64) -> HashMap<String, i64> {
     generator::catalog::catalog(synthetic, stock)
         .into_iter()
@@ -224,7 +176,9 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
     }
     let summary = generator.await.expect("the generator finished");
     let distinct = (summary.valid + summary.invalid) as usize;
-    check_invariants(&world, distinct, &initial_stock(synthetic, 400)).await;
+    world
+        .check_invariants(distinct, &initial_stock(synthetic, 400), &HashMap::new())
+        .await;
     kill(child);
 }
 
@@ -301,6 +255,8 @@ async fn two_instances_share_the_work_and_survive_one_dying() {
         "b's state moved to a through the changelogs"
     );
     let distinct = (summary.valid + summary.invalid + more.valid + more.invalid) as usize;
-    check_invariants(&world, distinct, &initial_stock(synthetic, 400)).await;
+    world
+        .check_invariants(distinct, &initial_stock(synthetic, 400), &HashMap::new())
+        .await;
     kill(a);
 }

@@ -217,6 +217,12 @@ pub fn run_engine(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "5000")
+        // A read_committed fetch is answered when data is appended, not when a commit marker
+        // moves the stable offset: without a short wait every hop could sit out 500 ms.
+        .set(
+            "fetch.wait.max.ms",
+            config.client.get("fetch.wait.max.ms").unwrap_or("20"),
+        )
         .create_with_context(StreamsContext {
             engine: engine.clone(),
             metrics,
@@ -694,17 +700,7 @@ impl Engine {
             self.fatal.get_or_insert(error);
             return;
         }
-        let revoked: Vec<TaskId> = partitions
-            .elements()
-            .iter()
-            .filter_map(|e| {
-                let source = self.topics.source(e.topic())?;
-                Some(TaskId {
-                    sub: source.sub_topology(),
-                    partition: e.partition(),
-                })
-            })
-            .collect();
+        let revoked = self.task_ids(partitions);
         for id in revoked {
             if let Some(mut task) = self.tasks.remove(&id) {
                 task.state = task.state.advance(TaskState::Closed);
@@ -717,12 +713,8 @@ impl Engine {
         self.metrics.assigned_tasks.set(self.tasks.len() as i64);
     }
 
-    fn on_assign(&mut self, partitions: &TopicPartitionList) {
-        self.metrics
-            .rebalances
-            .with_label_values(&["assigned"])
-            .inc();
-        self.ready.store(false, Ordering::Release);
+    /// The tasks that `partitions` belong to, each once.
+    fn task_ids(&self, partitions: &TopicPartitionList) -> Vec<TaskId> {
         let mut ids: Vec<TaskId> = partitions
             .elements()
             .iter()
@@ -736,7 +728,16 @@ impl Engine {
             .collect();
         ids.sort();
         ids.dedup();
-        for id in ids {
+        ids
+    }
+
+    fn on_assign(&mut self, partitions: &TopicPartitionList) {
+        self.metrics
+            .rebalances
+            .with_label_values(&["assigned"])
+            .inc();
+        self.ready.store(false, Ordering::Release);
+        for id in self.task_ids(partitions) {
             if self.tasks.contains_key(&id) {
                 continue;
             }

@@ -311,6 +311,70 @@ impl World {
     }
 }
 
+impl World {
+    /// The invariants of a run of `orders` distinct orders: every order has exactly one outcome
+    /// under read_committed (read_uncommitted may see aborted extras); no stock ever went
+    /// negative; and for every sku, initial + adjustments - confirmed quantities = final stock.
+    pub async fn check_invariants(
+        &self,
+        orders: usize,
+        initial: &HashMap<String, i64>,
+        adjusted: &HashMap<String, i64>,
+    ) {
+        let outcomes = self.outcomes(orders, Duration::from_secs(300)).await;
+        let per_order = outcomes.per_order();
+        assert_eq!(per_order.len(), orders, "every order has an outcome");
+        let repeated: Vec<_> = per_order.iter().filter(|(_, n)| **n != 1).take(5).collect();
+        assert!(
+            repeated.is_empty(),
+            "no order has two outcomes under read_committed: {repeated:?}"
+        );
+        let uncommitted = self
+            .outcomes_with(Isolation::ReadUncommitted, orders, Duration::from_secs(60))
+            .await;
+        let seen_uncommitted: usize = uncommitted.per_order().values().sum();
+        eprintln!(
+            "outcomes: {orders} under read_committed, {seen_uncommitted} under read_uncommitted"
+        );
+        assert!(seen_uncommitted >= orders);
+
+        let updates: Vec<InventoryUpdated> = self
+            .read(
+                &self.topics.inventory_updated,
+                Isolation::ReadCommitted,
+                0,
+                Duration::from_secs(60),
+            )
+            .await;
+        let negative: Vec<_> = updates
+            .iter()
+            .filter(|u| u.available_after < 0)
+            .take(5)
+            .collect();
+        assert!(
+            negative.is_empty(),
+            "stock never goes negative: {negative:?}"
+        );
+
+        let mut confirmed: HashMap<&str, i64> = HashMap::new();
+        for c in &outcomes.confirmed {
+            for line in &c.lines {
+                *confirmed.entry(line.sku.as_str()).or_default() += i64::from(line.quantity);
+            }
+        }
+        let stock = final_stock(&updates);
+        for (sku, start) in initial {
+            let expected = start + adjusted.get(sku).copied().unwrap_or(0)
+                - confirmed.get(sku.as_str()).copied().unwrap_or(0);
+            assert_eq!(
+                stock.get(sku).copied().unwrap_or(*start),
+                expected,
+                "{sku}: initial + adjustments - confirmed = final"
+            );
+        }
+    }
+}
+
 pub fn connection(bootstrap: &str, registry: &str, prefix: &str) -> ConnectionArgs {
     generator::cli::Cli::try_parse_from([
         "generator",
