@@ -423,18 +423,7 @@ async fn latency(
     let processor = start_processor(&prefix, &app, state.path(), "exactly_once_v2");
     let topics = connection.topics();
     let codec = Codec::new(registry, &topics).expect("codec");
-    let consumer: StreamConsumer = connection
-        .client_config()
-        .set("group.id", format!("{prefix}latency"))
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&topics.orders_confirmed, &topics.orders_rejected])
-        .expect("subscribe");
-    // Wait until the processor is ready before the clock starts.
+    // Wait until the processor is ready (its output topics exist) before the clock starts.
     let ready = Instant::now();
     while !is_ready(processor.metrics).await {
         assert!(
@@ -443,6 +432,25 @@ async fn latency(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Partitions assigned by hand: no group join delays the first outcomes.
+    let consumer: StreamConsumer = connection
+        .client_config()
+        .set("group.id", format!("{prefix}latency"))
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for topic in [&topics.orders_confirmed, &topics.orders_rejected] {
+        for partition in 0..PARTITIONS.parse::<i32>().expect("a number") {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .expect("partition");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    // Orders of the first seconds warm caches and connections up; they are not counted.
+    let warm_until = now_millis() + 2_000;
     let expected = rate * seconds;
     let publisher = {
         let connection = connection.clone();
@@ -450,7 +458,8 @@ async fn latency(
     };
     let mut latencies = Vec::with_capacity(expected as usize);
     let deadline = Instant::now() + Duration::from_secs(seconds + 60);
-    while (latencies.len() as u64) < expected && Instant::now() < deadline {
+    let mut warmup = 0u64;
+    while (latencies.len() as u64) + warmup < expected && Instant::now() < deadline {
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
             continue;
         };
@@ -467,8 +476,12 @@ async fn latency(
                 .await
                 .map(|r| r.created_at)
         };
-        if let Ok(created_at) = created_at {
-            latencies.push((received - created_at) as f64);
+        match created_at {
+            Ok(created_at) if created_at >= warm_until => {
+                latencies.push((received - created_at) as f64)
+            }
+            Ok(_) => warmup += 1,
+            Err(_) => {}
         }
     }
     publisher.await.expect("publisher");

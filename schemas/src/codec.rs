@@ -9,6 +9,7 @@
 //! contract the caller expects.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -64,8 +65,17 @@ impl CodecError {
 pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
-    /// The TopicNameStrategy, with this binary's schema, of each topic role.
-    strategies: HashMap<TopicRole, SubjectNameStrategy>,
+    /// Per topic role: the TopicNameStrategy carrying this binary's schema (used until the
+    /// encoder has resolved the subject once), the plain one (used after), and whether the
+    /// subject has been resolved.
+    strategies: HashMap<TopicRole, Strategies>,
+}
+
+#[derive(Debug)]
+struct Strategies {
+    with_schema: SubjectNameStrategy,
+    plain: SubjectNameStrategy,
+    resolved: AtomicBool,
 }
 
 impl std::fmt::Debug for Codec {
@@ -90,12 +100,15 @@ impl Codec {
             .iter()
             .map(|(_, schema, role)| {
                 let supplied = SuppliedSchema::new(None, SchemaType::Avro, (*schema).to_owned());
-                let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
-                    topics.name(*role).to_owned(),
-                    false,
-                    supplied,
-                );
-                (*role, strategy)
+                let topic = topics.name(*role).to_owned();
+                let strategies = Strategies {
+                    plain: SubjectNameStrategy::TopicNameStrategy(topic.clone(), false),
+                    with_schema: SubjectNameStrategy::TopicNameStrategyWithSchema(
+                        topic, false, supplied,
+                    ),
+                    resolved: AtomicBool::new(false),
+                };
+                (*role, strategies)
             })
             .collect();
         Ok(Self {
@@ -107,20 +120,30 @@ impl Codec {
 
     /// Encodes `event` for its topic, Confluent-framed.
     pub async fn encode<C: Contract>(&self, event: &C) -> Result<Vec<u8>, CodecError> {
-        let strategy = &self.strategies[&C::TOPIC];
-        self.encoder
-            .encode_struct(event, strategy)
-            .await
-            .map_err(|e| {
-                if e.retriable {
-                    CodecError::RegistryUnavailable(e)
-                } else {
-                    CodecError::Encode {
-                        contract: C::FULL_NAME,
-                        reason: e.to_string(),
-                    }
+        // The encoder caches the schema and id per subject, but clones the strategy it is given
+        // on every call. Once the subject is resolved with this binary's schema, the plain
+        // strategy (cheap to clone) finds the same cache entry.
+        let strategies = &self.strategies[&C::TOPIC];
+        let resolved = strategies.resolved.load(Ordering::Acquire);
+        let strategy = if resolved {
+            &strategies.plain
+        } else {
+            &strategies.with_schema
+        };
+        let encoded = self.encoder.encode_struct(event, strategy).await;
+        if encoded.is_ok() && !resolved {
+            strategies.resolved.store(true, Ordering::Release);
+        }
+        encoded.map_err(|e| {
+            if e.retriable {
+                CodecError::RegistryUnavailable(e)
+            } else {
+                CodecError::Encode {
+                    contract: C::FULL_NAME,
+                    reason: e.to_string(),
                 }
-            })
+            }
+        })
     }
 
     /// Decodes a Confluent-framed record that must be a `C`.
