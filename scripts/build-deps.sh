@@ -6,7 +6,8 @@ set -euo pipefail
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v make >/dev/null 2>&1 || missing+=(make)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# bindgen needs libclang itself (libclang-cpp, which other packages pull in, is not enough).
+dpkg -s libclang-dev >/dev/null 2>&1 || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v cargo >/dev/null 2>&1 || { echo "build-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if ((${#missing[@]})); then
