@@ -135,14 +135,18 @@ impl std::fmt::Debug for StreamsContext {
 }
 
 impl ClientContext for StreamsContext {
+    /// Consumer lag per input partition, from librdkafka's statistics. Offsets are committed
+    /// through the producer's transactions, so librdkafka's own `consumer_lag` (measured from
+    /// the consumer's commits) is unknown: the lag is the last stable offset (what a
+    /// read_committed consumer can reach) minus the next offset the engine will read.
     fn stats(&self, statistics: Statistics) {
         for (topic, stats) in &statistics.topics {
             for (partition, p) in &stats.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
+                if *partition >= 0 && p.app_offset >= 0 && p.ls_offset >= 0 {
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[topic.as_str(), &partition.to_string()])
-                        .set(p.consumer_lag);
+                        .set((p.ls_offset - p.app_offset).max(0));
                 }
             }
         }
