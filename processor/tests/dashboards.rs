@@ -82,37 +82,18 @@ async fn every_panel_query_returns_data_from_a_running_processor() {
     world
         .send_raw(&world.topics.orders, "garbage", b"not avro")
         .await;
-    let traffic = {
-        let connection = world.connection.clone();
-        tokio::spawn(async move {
-            let cli = <generator::cli::Cli as clap::Parser>::try_parse_from([
-                "generator",
-                "run",
-                "--partitions",
-                "4",
-                "--rate",
-                "200",
-                "--duration",
-                "40s",
-                "--synthetic-skus",
-                "20",
-                "--duplicate-rate",
-                "0.05",
-                "--invalid-rate",
-                "0.05",
-            ])
-            .expect("run arguments");
-            let generator::cli::Command::Run(args) = cli.command else {
-                unreachable!("parsed as run")
-            };
-            generator::app::run_orders(
-                &connection,
-                &args,
-                tokio_util::sync::CancellationToken::new(),
-            )
-            .await
-        })
-    };
+    let traffic = world.spawn_generator(&[
+        "--rate",
+        "200",
+        "--duration",
+        "40s",
+        "--synthetic-skus",
+        "20",
+        "--duplicate-rate",
+        "0.05",
+        "--invalid-rate",
+        "0.05",
+    ]);
 
     // Wait until Prometheus has scraped this processor a few times while orders flow.
     let started = Instant::now();
@@ -159,5 +140,5 @@ async fn every_panel_query_returns_data_from_a_running_processor() {
 
     token.cancel();
     running.wait().await.expect("stops cleanly");
-    traffic.await.expect("traffic task").expect("traffic sent");
+    traffic.await.expect("traffic sent");
 }

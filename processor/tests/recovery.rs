@@ -110,38 +110,18 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
     world.seed(synthetic, 400).await;
     let state = tempfile::tempdir().expect("state dir");
 
-    let generator = {
-        let world_connection = world.connection.clone();
-        tokio::spawn(async move {
-            let cli = <generator::cli::Cli as clap::Parser>::try_parse_from([
-                "generator",
-                "run",
-                "--partitions",
-                "4",
-                "--rate",
-                "8000",
-                "--count",
-                "100000",
-                "--synthetic-skus",
-                "40",
-                "--lines-max",
-                "3",
-                "--duplicate-rate",
-                "0.01",
-            ])
-            .expect("run arguments");
-            let generator::cli::Command::Run(args) = cli.command else {
-                unreachable!("parsed as run")
-            };
-            generator::app::run_orders(
-                &world_connection,
-                &args,
-                tokio_util::sync::CancellationToken::new(),
-            )
-            .await
-            .expect("runs")
-        })
-    };
+    let generator = world.spawn_generator(&[
+        "--rate",
+        "8000",
+        "--count",
+        "100000",
+        "--synthetic-skus",
+        "40",
+        "--lines-max",
+        "3",
+        "--duplicate-rate",
+        "0.01",
+    ]);
 
     let mut child = spawn(&world, state.path());
     wait_ready(&child, MINUTE).await;

@@ -196,6 +196,25 @@ impl World {
             .expect("runs")
     }
 
+    /// `generator run` with `args` in the background (the test goes on while orders flow).
+    pub fn spawn_generator(
+        &self,
+        args: &[&str],
+    ) -> tokio::task::JoinHandle<generator::app::RunSummary> {
+        let mut argv = vec!["generator", "run", "--partitions", "4"];
+        argv.extend_from_slice(args);
+        let cli = generator::cli::Cli::try_parse_from(argv).expect("run arguments");
+        let generator::cli::Command::Run(run) = cli.command else {
+            unreachable!("parsed as run")
+        };
+        let connection = self.connection.clone();
+        tokio::spawn(async move {
+            generator::app::run_orders(&connection, &run, CancellationToken::new())
+                .await
+                .expect("runs")
+        })
+    }
+
     pub async fn read<C: Contract>(
         &self,
         topic: &str,
