@@ -76,6 +76,14 @@ fn kill(mut child: ProcessorChild) {
     let _ = child.child.wait();
 }
 
+impl Drop for ProcessorChild {
+    /// A failing test must not leave processors running behind it.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Records in the changelogs (the sum of their partitions' end offsets).
 fn changelog_size(world: &World) -> i64 {
     let consumer: BaseConsumer = world
