@@ -5,14 +5,16 @@
 #   postgres    PostgreSQL 15, database and role stockflow          127.0.0.1:5432
 #   prometheus  Prometheus, scraping the processors on 9400-9403    http://127.0.0.1:9090
 #
-# Usage: scripts/stack.sh install | start | stop | status | env | logs NAME [tail args] | clean
+# Usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | clean
 #   install  installs the Debian packages that are missing and downloads Kafka and the registry
 #            with Maven (cached: a second install uses no network)
-#   start    install, then start every service that is not up and wait until each one answers
-#   stop     stop the services (by their pid files)
+#   start    install, then start every service (or the NAMEd ones) that is not up and wait until
+#            each one answers
+#   stop     stop the services, or the NAMEd ones (by their pid files)
 #   status   one line per service: up or down, and its address; exits 1 if any is down
 #   env      export lines for the endpoints: eval "$(scripts/stack.sh env)"
 #   logs     the last lines of a service's log, e.g. scripts/stack.sh logs kafka -f
+#   psql     psql on the stockflow database (the read model), e.g. scripts/stack.sh psql -c '\dt'
 #   clean    stop, then delete every service's data (the downloads are kept)
 #
 # Downloads are cached in $STOCKFLOW_HOME/downloads; each service's config, data, log and pid file
@@ -30,7 +32,19 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-usage() { echo "usage: scripts/stack.sh install | start | stop | status | env | logs NAME [tail args] | clean"; }
+usage() { echo "usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | psql [psql args] | clean"; }
+
+SERVICES=(kafka registry postgres prometheus)
+
+# services NAME...: the names given (checked), or every service when none is.
+services() {
+  [[ $# -eq 0 ]] && set -- "${SERVICES[@]}"
+  local name
+  for name in "$@"; do
+    [[ " ${SERVICES[*]} " == *" $name "* ]] || die "unknown service: $name (${SERVICES[*]})"
+  done
+  echo "$@"
+}
 
 # ---------------------------------------------------------------- helpers
 
@@ -426,18 +440,17 @@ stop_prometheus() { stop_by_pidfile prometheus "$PROMETHEUS_DIR/prometheus.pid";
 # ---------------------------------------------------------------- commands
 
 cmd_start() {
+  local names name
+  names=$(services "$@")
   cmd_install
-  start_kafka
-  start_registry
-  start_postgres
-  start_prometheus
+  for name in $names; do "start_$name"; done
 }
 
 cmd_stop() {
-  stop_prometheus
-  stop_postgres
-  stop_registry
-  stop_kafka
+  local names name reversed=()
+  names=$(services "$@")
+  for name in $names; do reversed=("$name" "${reversed[@]}"); done
+  for name in "${reversed[@]}"; do "stop_$name"; done
 }
 
 cmd_status() {
@@ -474,6 +487,11 @@ cmd_logs() {
   exec tail -n 100 "$@" "$log"
 }
 
+cmd_psql() {
+  pg_running || die "postgres is not running (scripts/stack.sh start)"
+  exec "$PG_BIN/psql" "$DATABASE_URL" "$@"
+}
+
 cmd_clean() {
   cmd_stop
   say "deleting $STACK_DIR (the downloads in $DOWNLOADS are kept)"
@@ -482,11 +500,12 @@ cmd_clean() {
 
 case "${1:-}" in
   install) cmd_install ;;
-  start) cmd_start ;;
-  stop) cmd_stop ;;
+  start) shift; cmd_start "$@" ;;
+  stop) shift; cmd_stop "$@" ;;
   status) cmd_status ;;
   env) cmd_env ;;
   logs) shift; cmd_logs "$@" ;;
+  psql) shift; cmd_psql "$@" ;;
   clean) cmd_clean ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -1,6 +1,7 @@
 //! `processor run`, as a function of its config and a shutdown token: checks the services,
-//! prepares the schemas and topics, serves metrics, and runs the engine on a thread of its own.
-//! Any task's failure cancels the root token, so everything stops together.
+//! prepares the schemas, topics and read-model tables, serves metrics, runs the engine on a
+//! thread of its own and the read model's sync beside it. Any task's failure cancels the root
+//! token, so everything stops together.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
+use crate::readmodel::postgres::{connect, run_sync};
 use crate::runtime::engine::{EngineConfig, run_engine};
 use crate::runtime::topics::TopologyTopics;
 
@@ -31,6 +33,7 @@ pub struct Running {
     /// True once every assigned task is restored.
     pub ready: Arc<AtomicBool>,
     engine: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+    sync: JoinHandle<()>,
     server: JoinHandle<()>,
     shutdown: CancellationToken,
 }
@@ -40,6 +43,8 @@ impl Running {
     pub async fn wait(self) -> anyhow::Result<()> {
         let result = self.engine.await.context("the engine thread panicked")?;
         self.shutdown.cancel();
+        // The engine has dropped its end of the sync's channel: the sync writes what is left.
+        self.sync.await.context("the read-model sync panicked")?;
         let _ = self.server.await;
         result
     }
@@ -69,6 +74,7 @@ pub async fn start(
     // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.
     registry.register_all(&topics).await?;
     let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
+    let pool = connect(args.database_url.as_str(), &args.database_schema).await?;
 
     let state_dir = args.state_dir.join(&args.application_id);
     std::fs::create_dir_all(&state_dir)
@@ -99,6 +105,8 @@ pub async fn start(
     };
     // The engine gets a thread of its own (not a blocking-pool task, which a runtime would wait
     // for on shutdown); its result comes back on a channel.
+    let (sync_sender, changes) = tokio::sync::mpsc::unbounded_channel();
+    let sync = tokio::spawn(run_sync(pool, changes, args.sync_interval, metrics.clone()));
     let (done, engine) = tokio::sync::oneshot::channel();
     {
         let (metrics, ready, shutdown) = (metrics.clone(), ready.clone(), shutdown.clone());
@@ -112,6 +120,7 @@ pub async fn start(
                     codec,
                     metrics,
                     ready,
+                    sync_sender,
                     shutdown.clone(),
                 );
                 shutdown.cancel();
@@ -124,6 +133,7 @@ pub async fn start(
         metrics,
         ready,
         engine,
+        sync,
         server,
         shutdown,
     })

@@ -78,6 +78,88 @@ pub struct RunArgs {
     /// RocksDB block cache shared by every store, in MiB (a quarter may hold memtables).
     #[arg(long, env = "STOCKFLOW_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..))]
     pub cache_mb: u64,
+
+    /// PostgreSQL for the read model (postgres://user:password@host:port/database).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://stockflow:stockflow@127.0.0.1:5432/stockflow"
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// The PostgreSQL schema of the read model's tables (created if missing).
+    #[arg(long, env = "STOCKFLOW_DATABASE_SCHEMA", default_value = "public", value_parser = parse_schema)]
+    pub database_schema: String,
+
+    /// How often each task syncs its changed rows to PostgreSQL, e.g. 1s or 500ms.
+    #[arg(long, env = "STOCKFLOW_SYNC_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub sync_interval: Duration,
+}
+
+/// A database URL whose password never reaches a log (`Debug` masks it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("expected postgres://user:password@host:port/database".to_owned())
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // postgres://user:secret@host -> postgres://user:***@host
+        let masked = match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let credentials = &self.0[scheme + 3..at];
+                match credentials.find(':') {
+                    Some(colon) => format!(
+                        "{}{}:***{}",
+                        &self.0[..scheme + 3],
+                        &credentials[..colon],
+                        &self.0[at..]
+                    ),
+                    None => self.0.clone(),
+                }
+            }
+            _ => self.0.clone(),
+        };
+        f.write_str(&masked)
+    }
+}
+
+/// A schema name that needs no quoting: lower-case letters, digits and `_`, at most 63 bytes.
+fn parse_schema(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err("use lower-case letters, digits and _ (at most 63, not starting with a digit)".into())
+    }
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if interval < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(interval)
 }
 
 impl RunArgs {
@@ -113,5 +195,39 @@ mod tests {
             Cli::try_parse_from(["processor", "run", "--processing-guarantee", "maybe"]).is_err()
         );
         assert!(Cli::try_parse_from(["processor", "run", "--commit-interval-ms", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_database_password_never_shows_in_debug_output() {
+        let url: DatabaseUrl = "postgres://stockflow:s3cret@db:5432/stockflow"
+            .parse()
+            .expect("parses");
+        let shown = format!("{url:?}");
+        assert_eq!(shown, "postgres://stockflow:***@db:5432/stockflow");
+        assert!("mysql://x@y/z".parse::<DatabaseUrl>().is_err());
+    }
+
+    #[test]
+    fn sync_flags_are_checked() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["processor", "run"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv)
+        };
+        let cli = parse(&[
+            "--sync-interval",
+            "250ms",
+            "--database-schema",
+            "read_model_2",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("parsed as run")
+        };
+        assert_eq!(run.sync_interval, Duration::from_millis(250));
+        assert_eq!(run.database_schema, "read_model_2");
+        assert!(parse(&["--sync-interval", "1ms"]).is_err());
+        assert!(parse(&["--database-schema", "Robert'); DROP TABLE orders;--"]).is_err());
+        assert!(parse(&["--database-schema", "2fast"]).is_err());
     }
 }

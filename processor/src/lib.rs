@@ -9,12 +9,14 @@
 //! - [`app`]: `processor run` as a function of config + shutdown token.
 //! - [`topology`]: the decisions of sub-topologies A (orders) and B (inventory), pure.
 //! - [`runtime`]: the engine, tasks, stores, restore, exactly-once / at-least-once.
+//! - [`readmodel`]: the PostgreSQL read model and its periodic, offset-guarded sync.
 //! - [`metrics`]: every metric, registered on an explicit registry.
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
 
 pub mod app;
 pub mod cli;
 pub mod metrics;
+pub mod readmodel;
 pub mod runtime;
 pub mod tail;
 pub mod topology;

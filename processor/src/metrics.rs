@@ -4,7 +4,8 @@
 //! sku or an order id.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -49,7 +50,7 @@ pub struct Metrics {
     pub sync_rows: IntCounterVec,
     pub sync_duration: Histogram,
     /// Age of the oldest change not yet in PostgreSQL.
-    pub sync_lag_seconds: IntGauge,
+    pub sync_lag_seconds: Gauge,
     /// Changes not yet in PostgreSQL.
     pub sync_lag_rows: IntGauge,
     pub sync_errors: IntCounter,
@@ -74,6 +75,14 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("invariant: valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("invariant: each metric registered once");
+    metric
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).expect("invariant: valid metric definition");
     registry
         .register(Box::new(metric.clone()))
         .expect("invariant: each metric registered once");
@@ -203,7 +212,7 @@ impl Metrics {
                 "stockflow_sync_duration_seconds",
                 "Duration of one sync to PostgreSQL.",
             ),
-            sync_lag_seconds: gauge(
+            sync_lag_seconds: float_gauge(
                 r,
                 "stockflow_sync_lag_seconds",
                 "Age of the oldest change not yet synced.",
@@ -227,6 +236,9 @@ impl Metrics {
         }
         for outcome in ["committed", "aborted"] {
             self.transactions.with_label_values(&[outcome]);
+        }
+        for table in ["inventory", "orders", "order_lines"] {
+            self.sync_rows.with_label_values(&[table]);
         }
         for kind in ["assigned", "revoked"] {
             self.rebalances.with_label_values(&[kind]);

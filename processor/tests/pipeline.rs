@@ -91,6 +91,61 @@ async fn the_sample_catalog_scenario() {
     assert_eq!(stock["SKU-MONITOR-STAND"], 0);
     assert_eq!(stock["SKU-BT-MOUSE"], 0);
 
+    // The read model shows the same, within a few sync intervals.
+    world.check_read_model(&outcomes, MINUTE).await;
+    let pg = world.pg().await;
+    let stock: Vec<(String, i64, i64, Option<String>)> =
+        sqlx::query_as("SELECT sku, available, reserved, product_name FROM inventory ORDER BY sku")
+            .fetch_all(&pg)
+            .await
+            .expect("inventory rows");
+    assert_eq!(
+        stock,
+        vec![
+            ("SKU-BT-MOUSE".into(), 0, 2, Some("Bluetooth Mouse".into())),
+            (
+                "SKU-KEYBOARD".into(),
+                0,
+                0,
+                Some("Wireless Keyboard".into())
+            ),
+            (
+                "SKU-MONITOR-STAND".into(),
+                0,
+                1,
+                Some("Monitor Stand".into())
+            ),
+            ("SKU-USBC-HUB".into(), 0, 0, Some("USB-C Hub".into())),
+        ]
+    );
+    let orders: Vec<(String, String, Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT o.order_id, o.status, o.reason, o.total_cents, count(l.line_no)
+         FROM orders o LEFT JOIN order_lines l USING (order_id)
+         GROUP BY o.order_id ORDER BY o.order_id",
+    )
+    .fetch_all(&pg)
+    .await
+    .expect("order rows");
+    let rejected = |id: &str, reason: &str| (id.into(), "REJECTED".into(), Some(reason.into()));
+    assert_eq!(
+        orders
+            .iter()
+            .map(|(id, status, reason, _, _)| (id.clone(), status.clone(), reason.clone()))
+            .collect::<Vec<(String, String, Option<String>)>>(),
+        vec![
+            rejected("keyboard-1", "INSUFFICIENT_STOCK"),
+            ("mouse-2".into(), "CONFIRMED".into(), None),
+            rejected("mouse-3", "INSUFFICIENT_STOCK"),
+            ("stand-1".into(), "CONFIRMED".into(), None),
+            rejected("stand-2", "INSUFFICIENT_STOCK"),
+            rejected("unknown-1", "UNKNOWN_SKU"),
+        ]
+    );
+    assert!(
+        orders.iter().all(|(_, _, _, _, lines)| *lines == 1),
+        "each order has its one line: {orders:?}"
+    );
+
     token.cancel();
     running.wait().await.expect("stops cleanly");
 }
@@ -356,7 +411,9 @@ async fn a_hundred_thousand_orders_each_get_exactly_one_outcome() {
     );
     // Let the releases of the last rejected orders land.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    world.check_invariants(distinct, &initial, &restocked).await;
+    let outcomes = world.check_invariants(distinct, &initial, &restocked).await;
+    // Every inventory row equals the processor's state and every order has its row.
+    world.check_read_model(&outcomes, MINUTE).await;
 
     token.cancel();
     running.wait().await.expect("stops cleanly");

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use support::World;
+use support::{OffsetWatch, World};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -133,6 +133,8 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
 
     let mut child = spawn(&world, state.path());
     wait_ready(&child, MINUTE).await;
+    // No row of the read model may go backwards at any sync, across the kills.
+    let watch = OffsetWatch::start(world.pg().await, Duration::from_millis(700));
     let mut rng_state = 7u64;
     for round in 0..3 {
         // Let it work for 2-4 s, then kill it mid-flight.
@@ -164,9 +166,20 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
     }
     let summary = generator.await.expect("the generator finished");
     let distinct = (summary.valid + summary.invalid) as usize;
-    world
+    let outcomes = world
         .check_invariants(distinct, &initial_stock(synthetic, 400), &HashMap::new())
         .await;
+    // The read model is complete after the kills: the restarted tasks re-synced what the
+    // killed process had not.
+    world.check_read_model(&outcomes, MINUTE).await;
+    let (looks, regressions) = watch.finish().await;
+    eprintln!("read model: {looks} looks at every row's source offset");
+    assert!(looks > 10, "the watch saw the read model ({looks} looks)");
+    assert!(
+        regressions.is_empty(),
+        "no row's source offset ever went down: {:?}",
+        &regressions[..regressions.len().min(5)]
+    );
     kill(child);
 }
 
@@ -243,8 +256,9 @@ async fn two_instances_share_the_work_and_survive_one_dying() {
         "b's state moved to a through the changelogs"
     );
     let distinct = (summary.valid + summary.invalid + more.valid + more.invalid) as usize;
-    world
+    let outcomes = world
         .check_invariants(distinct, &initial_stock(synthetic, 400), &HashMap::new())
         .await;
+    world.check_read_model(&outcomes, MINUTE).await;
     kill(a);
 }

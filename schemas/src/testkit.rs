@@ -32,6 +32,54 @@ pub struct Stack {
     pub database_url: String,
     /// Containers started for this test binary; kept alive until it exits.
     _containers: Vec<ContainerAsync<GenericImage>>,
+    /// How [`Stack::stop_postgres`] reaches PostgreSQL.
+    postgres: Postgres,
+}
+
+/// Who runs PostgreSQL for the tests.
+#[derive(Debug)]
+enum Postgres {
+    /// From the environment: assumed to be `scripts/stack.sh`'s.
+    LocalStack,
+    Container(Box<ContainerAsync<GenericImage>>),
+}
+
+impl Stack {
+    /// Stops PostgreSQL (for outage tests). It stops the PostgreSQL every test of this binary
+    /// shares, so a test that calls it belongs in a test binary of its own (cargo runs test
+    /// binaries one after another).
+    pub async fn stop_postgres(&self) {
+        match &self.postgres {
+            Postgres::LocalStack => local_stack(&["stop", "postgres"]),
+            Postgres::Container(c) => c
+                .stop_with_timeout(Some(10))
+                .await
+                .expect("stop the PostgreSQL container"),
+        }
+    }
+
+    /// Starts PostgreSQL again after [`Stack::stop_postgres`], on the same address.
+    pub async fn start_postgres(&self) {
+        match &self.postgres {
+            Postgres::LocalStack => local_stack(&["start", "postgres"]),
+            Postgres::Container(c) => c.start().await.expect("start the PostgreSQL container"),
+        }
+    }
+}
+
+/// Runs `scripts/stack.sh ARGS...` and panics if it fails.
+fn local_stack(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/stack.sh");
+    let status = std::process::Command::new(script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(
+        status.success(),
+        "{script} {} failed ({status}); the PostgreSQL outage tests control the local stack's \
+         PostgreSQL, so DATABASE_URL must point at it",
+        args.join(" ")
+    );
 }
 
 static STACK: OnceCell<Stack> = OnceCell::const_new();
@@ -53,6 +101,7 @@ async fn find_or_start() -> Stack {
             schema_registry_url,
             database_url,
             _containers: Vec::new(),
+            postgres: Postgres::LocalStack,
         };
     }
     if !docker_available() {
@@ -101,11 +150,13 @@ async fn start_containers() -> Stack {
         .start()
         .await
         .expect("start the schema registry container");
+    // A fixed host port, so that PostgreSQL keeps its address across a stop and start.
+    let postgres_port = free_port();
     let postgres = GenericImage::new("postgres", "16")
-        .with_exposed_port(ContainerPort::Tcp(5432))
         .with_wait_for(WaitFor::message_on_stderr(
             "database system is ready to accept connections",
         ))
+        .with_mapped_port(postgres_port, ContainerPort::Tcp(5432))
         .with_env_var("POSTGRES_USER", "stockflow")
         .with_env_var("POSTGRES_PASSWORD", "stockflow")
         .with_env_var("POSTGRES_DB", "stockflow")
@@ -116,15 +167,12 @@ async fn start_containers() -> Stack {
         .get_host_port_ipv4(8080)
         .await
         .expect("registry port");
-    let postgres_port = postgres
-        .get_host_port_ipv4(5432)
-        .await
-        .expect("postgres port");
     Stack {
         bootstrap_servers: format!("127.0.0.1:{kafka_port}"),
         schema_registry_url: format!("http://127.0.0.1:{registry_port}/apis/ccompat/v7"),
         database_url: format!("postgres://stockflow:stockflow@127.0.0.1:{postgres_port}/stockflow"),
-        _containers: vec![kafka, registry, postgres],
+        _containers: vec![kafka, registry],
+        postgres: Postgres::Container(Box::new(postgres)),
     }
 }
 

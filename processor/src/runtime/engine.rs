@@ -30,6 +30,7 @@ use super::store::{SharedMemory, Store, StoreError};
 use super::task::{Source, SubTopology, TaskId, TaskState};
 use super::topics::TopologyTopics;
 use crate::metrics::Metrics;
+use crate::readmodel::{self, Changes};
 use crate::topology::inventory::{self, keys};
 use crate::topology::order::{self, OrderDecision, OrderRecord, Outcome};
 use crate::topology::{Change, LineCommand, LineResult};
@@ -109,9 +110,14 @@ pub struct Engine {
     memory: SharedMemory,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    /// Committed changes for the PostgreSQL read model's sync.
+    sync: SyncSender,
     /// An error raised inside a rebalance callback, for the loop to return.
     fatal: Option<EngineError>,
 }
+
+/// Where the engine hands committed changes to the read model's sync (which never blocks it).
+pub type SyncSender = tokio::sync::mpsc::UnboundedSender<Changes>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,6 +173,15 @@ impl ConsumerContext for StreamsContext {
     }
 }
 
+/// Hands committed changes to the read model's sync. The sync only stops after the engine (it
+/// ends when the engine drops its sender), so a closed channel is a broken invariant: say so
+/// and go on, since stream processing must not depend on the read model.
+fn hand_to_sync(sync: &SyncSender, changes: Changes) {
+    if sync.send(changes).is_err() {
+        tracing::error!("invariant broken: the read-model sync stopped before the engine");
+    }
+}
+
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     engine
         .lock()
@@ -180,6 +195,7 @@ pub fn run_engine(
     codec: Arc<Codec>,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    sync: SyncSender,
     shutdown: CancellationToken,
 ) -> Result<(), EngineError> {
     // The codec's registry calls (cached after the first of each schema) run on a small
@@ -208,6 +224,7 @@ pub fn run_engine(
         runtime,
         metrics: metrics.clone(),
         ready,
+        sync,
         fatal: None,
         config: config.clone(),
     }));
@@ -648,13 +665,26 @@ impl Engine {
         match self.tx.commit(consumer)? {
             Committed::Nothing => {}
             Committed::Done { changelog_offsets } => {
+                let committed_at = Instant::now();
                 for task in self.tasks.values_mut() {
                     let changelog = self.topics.changelog(task.id.sub);
                     let offset = changelog_offsets
                         .get(&(changelog.to_owned(), task.id.partition))
                         .copied();
-                    if task.store.has_pending() || offset.is_some() {
-                        task.store.commit(offset)?;
+                    if !task.store.has_pending() && offset.is_none() {
+                        continue;
+                    }
+                    let entries = task.store.commit(offset, readmodel::prefix(task.id.sub))?;
+                    if let Some(changelog_offset) = offset {
+                        hand_to_sync(
+                            &self.sync,
+                            Changes {
+                                task: task.id,
+                                changelog_offset,
+                                entries,
+                                committed_at,
+                            },
+                        );
                     }
                 }
                 self.metrics
@@ -773,6 +803,20 @@ impl Engine {
             &self.metrics,
         )?;
         state = state.advance(TaskState::Running);
+        // The read model gets everything the task owns, so what a crash kept from the last
+        // sync is written now (rows it already has are left alone by the offset guard).
+        if let Some(changelog_offset) = store.changelog_offset() {
+            let entries = store.committed_entries(readmodel::prefix(id.sub));
+            hand_to_sync(
+                &self.sync,
+                Changes {
+                    task: id,
+                    changelog_offset,
+                    entries,
+                    committed_at: Instant::now(),
+                },
+            );
+        }
         tracing::info!(
             task = %id,
             restored = restored.records,

@@ -23,6 +23,9 @@ use serde::de::DeserializeOwned;
 const META: &str = "meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog-offset";
 
+/// (key, value) pairs.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -195,19 +198,31 @@ impl Store {
         !self.pending.is_empty()
     }
 
-    /// Applies the uncommitted writes and the changelog offset they reach, atomically.
-    pub fn commit(&mut self, changelog_offset: Option<i64>) -> Result<(), StoreError> {
+    /// Applies the uncommitted writes and the changelog offset they reach, atomically, and
+    /// returns the puts whose key starts with `shown` (for the read model).
+    pub fn commit(
+        &mut self,
+        changelog_offset: Option<i64>,
+        shown: &[u8],
+    ) -> Result<Entries, StoreError> {
         if self.pending.is_empty() && changelog_offset.is_none() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut batch = WriteBatch::default();
+        let mut puts = Vec::new();
         for (key, value) in self.pending.drain() {
             match value {
-                Some(value) => batch.put(key, value),
+                Some(value) => {
+                    batch.put(&key, &value);
+                    if key.starts_with(shown) {
+                        puts.push((key, value));
+                    }
+                }
                 None => batch.delete(key),
             }
         }
-        self.apply(batch, changelog_offset)
+        self.apply(batch, changelog_offset)?;
+        Ok(puts)
     }
 
     /// Applies `batch` (restored changelog records) and the offset it reaches, atomically.
@@ -258,7 +273,7 @@ impl Store {
     }
 
     /// Every committed (key, value) pair, for tests and the read-model sync.
-    pub fn committed_entries(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn committed_entries(&self, prefix: &[u8]) -> Entries {
         self.db
             .prefix_iterator(prefix)
             .filter_map(Result::ok)
@@ -285,9 +300,10 @@ mod tests {
 
         store.write(b"a".to_vec(), Some(b"2".to_vec()));
         store.write(b"b".to_vec(), Some(b"3".to_vec()));
-        store.commit(Some(41)).expect("commits");
+        let puts = store.commit(Some(41), b"a").expect("commits");
+        assert_eq!(puts, vec![(b"a".to_vec(), b"2".to_vec())]);
         store.write(b"b".to_vec(), None);
-        store.commit(Some(42)).expect("commits");
+        assert!(store.commit(Some(42), b"").expect("commits").is_empty());
         drop(store);
 
         let store = Store::open(dir.path(), &memory).expect("reopens");

@@ -18,8 +18,11 @@ use super::{Change, LineCommand, LineOutcome, LineResult};
 
 /// The store keys of sub-topology B.
 pub mod keys {
+    /// The prefix of every sku key.
+    pub const SKU_PREFIX: &str = "s/";
+
     pub fn sku(sku: &str) -> String {
-        format!("s/{sku}")
+        format!("{SKU_PREFIX}{sku}")
     }
     pub fn reservation(order_id: &str, line: u32) -> String {
         format!("r/{order_id}/{line}")

@@ -8,17 +8,34 @@ use std::time::Duration;
 
 use clap::Parser;
 use generator::publish::Publisher;
+use std::str::FromStr;
+
 use processor::app::Running;
 use processor::cli::RunArgs;
+use processor::runtime::task::SubTopology;
+use processor::runtime::topics::TopologyTopics;
+use processor::topology::inventory::{SkuRecord, keys};
 use schemas::cli::ConnectionArgs;
 use schemas::testkit::{Isolation, Record, read_topic, read_topics, stack, unique};
 use schemas::{
     Codec, Contract, InventoryUpdated, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
     Topics,
 };
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-/// One test's world: its topic prefix, application id and state directory.
+/// The tests' sync interval: short, so that the read model converges quickly.
+pub const SYNC_INTERVAL: &str = "200ms";
+
+/// A PostgreSQL schema for test `name` (`t_` + the name, `-` as `_`, at most 63 bytes).
+pub fn schema_name(name: &str) -> String {
+    let name = name.replace('-', "_").to_lowercase();
+    let keep = name.len().min(61);
+    format!("t_{}", &name[name.len() - keep..])
+}
+
+/// One test's world: its topic prefix, application id, state directory and PostgreSQL schema.
 pub struct World {
     pub name: String,
     pub connection: ConnectionArgs,
@@ -27,6 +44,9 @@ pub struct World {
     pub state: tempfile::TempDir,
     pub bootstrap: String,
     pub registry_url: String,
+    pub database_url: String,
+    /// The read model's schema (`t_<name>`).
+    pub database_schema: String,
     pub codec: Codec,
 }
 
@@ -49,6 +69,8 @@ impl World {
             state: tempfile::tempdir().expect("a state dir"),
             bootstrap: stack.bootstrap_servers.clone(),
             registry_url: stack.schema_registry_url.clone(),
+            database_url: stack.database_url.clone(),
+            database_schema: schema_name(&name),
             codec,
             name,
         }
@@ -74,6 +96,12 @@ impl World {
             "4",
             "--cache-mb",
             "32",
+            "--database-url",
+            &self.database_url,
+            "--database-schema",
+            &self.database_schema,
+            "--sync-interval",
+            SYNC_INTERVAL,
         ];
         argv.extend_from_slice(extra);
         match processor::cli::Cli::try_parse_from(argv)
@@ -119,6 +147,12 @@ impl World {
             "4",
             "--cache-mb",
             "32",
+            "--database-url",
+            &self.database_url,
+            "--database-schema",
+            &self.database_schema,
+            "--sync-interval",
+            SYNC_INTERVAL,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -339,7 +373,7 @@ impl World {
         orders: usize,
         initial: &HashMap<String, i64>,
         adjusted: &HashMap<String, i64>,
-    ) {
+    ) -> Outcomes {
         let outcomes = self.outcomes(orders, Duration::from_secs(300)).await;
         let per_order = outcomes.per_order();
         assert_eq!(per_order.len(), orders, "every order has an outcome");
@@ -391,6 +425,188 @@ impl World {
                 "{sku}: initial + adjustments - confirmed = final"
             );
         }
+        outcomes
+    }
+
+    /// A pool on this world's read model (search_path = its schema).
+    pub async fn pg(&self) -> PgPool {
+        let options = PgConnectOptions::from_str(&self.database_url)
+            .expect("a database URL")
+            .options([("search_path", self.database_schema.as_str())]);
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("PostgreSQL answers")
+    }
+
+    /// The processor's inventory state: the last committed value of every sku key in the
+    /// inventory store's changelog (sku -> (available, reserved)).
+    pub async fn processor_inventory(&self) -> HashMap<String, (i64, i64)> {
+        let topics = TopologyTopics::new(&self.application_id, self.topics.clone());
+        let records = read_topic(
+            &self.bootstrap,
+            topics.changelog(SubTopology::Inventory),
+            Isolation::ReadCommitted,
+            1,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        )
+        .await;
+        let mut stock = HashMap::new();
+        for record in records {
+            let key = String::from_utf8(record.key.expect("changelog keys")).expect("UTF-8");
+            let Some(sku) = key.strip_prefix(keys::SKU_PREFIX) else {
+                continue;
+            };
+            let value: SkuRecord =
+                serde_json::from_slice(&record.payload.expect("sku records are never deleted"))
+                    .expect("a sku record");
+            stock.insert(sku.to_owned(), (value.available, value.reserved));
+        }
+        stock
+    }
+
+    /// Waits until the read model shows the processor's state: every inventory row equals
+    /// the store, and every decided order has its row with its status and reason (and no
+    /// other order is there). Panics with the first differences after `deadline`.
+    pub async fn check_read_model(&self, outcomes: &Outcomes, deadline: Duration) {
+        let inventory = self.processor_inventory().await;
+        let mut orders: HashMap<String, (String, Option<String>)> = HashMap::new();
+        for c in &outcomes.confirmed {
+            orders.insert(c.order_id.clone(), ("CONFIRMED".into(), None));
+        }
+        for r in &outcomes.rejected {
+            let reason = processor::readmodel::reason_name(r.reason).to_owned();
+            orders.insert(r.order_id.clone(), ("REJECTED".into(), Some(reason)));
+        }
+        let pool = self.pg().await;
+        let started = std::time::Instant::now();
+        loop {
+            let rows: Vec<(String, i64, i64)> =
+                sqlx::query_as("SELECT sku, available, reserved FROM inventory")
+                    .fetch_all(&pool)
+                    .await
+                    .expect("inventory rows");
+            let in_pg: HashMap<String, (i64, i64)> =
+                rows.into_iter().map(|(s, a, r)| (s, (a, r))).collect();
+            let order_rows: Vec<(String, String, Option<String>)> =
+                sqlx::query_as("SELECT order_id, status, reason FROM orders")
+                    .fetch_all(&pool)
+                    .await
+                    .expect("order rows");
+            let orders_in_pg: HashMap<String, (String, Option<String>)> = order_rows
+                .into_iter()
+                .map(|(id, status, reason)| (id, (status, reason)))
+                .collect();
+            let mut differences: Vec<String> = Vec::new();
+            for (sku, state) in &inventory {
+                if in_pg.get(sku) != Some(state) {
+                    differences.push(format!(
+                        "inventory {sku}: processor {state:?}, PostgreSQL {:?}",
+                        in_pg.get(sku)
+                    ));
+                }
+            }
+            for (id, expected) in &orders {
+                if orders_in_pg.get(id) != Some(expected) {
+                    differences.push(format!(
+                        "order {id}: outcome {expected:?}, PostgreSQL {:?}",
+                        orders_in_pg.get(id)
+                    ));
+                }
+            }
+            let extra = orders_in_pg.len().saturating_sub(orders.len());
+            if extra > 0 {
+                differences.push(format!("{extra} orders in PostgreSQL have no outcome"));
+            }
+            if in_pg.len() != inventory.len() {
+                differences.push(format!(
+                    "{} inventory rows in PostgreSQL, {} skus in the processor",
+                    in_pg.len(),
+                    inventory.len()
+                ));
+            }
+            if differences.is_empty() {
+                eprintln!(
+                    "read model: {} skus and {} orders match the processor ({:?} after the check began)",
+                    inventory.len(),
+                    orders.len(),
+                    started.elapsed()
+                );
+                return;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the read model still differs after {deadline:?} ({} differences): {:?}",
+                differences.len(),
+                &differences[..differences.len().min(5)]
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Orders decided so far, by a processor's metrics.
+pub fn decided(metrics: &processor::metrics::Metrics) -> u64 {
+    ["confirmed", "rejected"]
+        .iter()
+        .flat_map(|o| {
+            ["none", "insufficient_stock", "unknown_sku", "invalid_order"]
+                .iter()
+                .map(move |r| (*o, *r))
+        })
+        .map(|(o, r)| metrics.order_outcomes.with_label_values(&[o, r]).get())
+        .sum()
+}
+
+/// Watches the read model's source offsets while a test runs: every `period` it reads each
+/// row's (and each task's) source offset and records any that went down since the last look.
+pub struct OffsetWatch {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl OffsetWatch {
+    pub fn start(pool: PgPool, period: Duration) -> Self {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut seen: HashMap<String, i64> = HashMap::new();
+            let mut regressions = Vec::new();
+            let mut looks = 0u64;
+            while !token.is_cancelled() {
+                let rows: Result<Vec<(String, i64)>, _> = sqlx::query_as(
+                    "SELECT 'inventory/' || sku, source_offset FROM inventory
+                     UNION ALL SELECT 'orders/' || order_id, source_offset FROM orders
+                     UNION ALL SELECT 'task/' || task, source_offset FROM sync_progress",
+                )
+                .fetch_all(&pool)
+                .await;
+                // The tables appear when the processor first starts; until then, look again.
+                if let Ok(rows) = rows {
+                    looks += 1;
+                    for (key, offset) in rows {
+                        let previous = seen.insert(key.clone(), offset);
+                        if let Some(previous) = previous.filter(|p| *p > offset) {
+                            regressions.push(format!("{key}: {previous} -> {offset}"));
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+            (looks, regressions)
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops watching: how many looks it took, and every regression it saw.
+    pub async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.cancel();
+        self.handle.await.expect("the watch ran")
     }
 }
 

@@ -1,0 +1,401 @@
+//! The PostgreSQL read model: the processor's committed state, synced periodically into tables
+//! that people query with psql or pgAdmin.
+//!
+//! The engine hands every committed store write that the read model shows to the sync, as
+//! [`Changes`] tagged with the changelog offset its commit reached; when a task is assigned it
+//! hands over everything the task owns. The sync keeps only the newest version of each row
+//! ([`Pending`]) and every `--sync-interval` upserts them in batches ([`postgres`]), each row
+//! guarded by its source offset so that nothing ever moves a row backwards. A PostgreSQL outage
+//! only delays the sync: rows wait in [`Pending`] (one per changed key, however often it
+//! changed) and go out when the database is back.
+//!
+//! Layout: this module turns store entries into rows and keeps the newest of each (pure);
+//! [`postgres`] connects, migrates, writes, and runs the sync loop.
+
+pub mod postgres;
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::time::Instant;
+
+use schemas::RejectionReason;
+
+use crate::runtime::store::Entries;
+use crate::runtime::task::{SubTopology, TaskId};
+use crate::topology::inventory::SkuRecord;
+use crate::topology::inventory::keys::SKU_PREFIX;
+use crate::topology::order::{OrderRecord, OrderStatus};
+
+/// Committed writes of one task, from the engine to the sync.
+#[derive(Debug)]
+pub struct Changes {
+    pub task: TaskId,
+    /// The changelog offset the commit reached: the source offset of every row in here.
+    pub changelog_offset: i64,
+    /// (store key, value) of each committed put that the read model shows.
+    pub entries: Entries,
+    pub committed_at: Instant,
+}
+
+/// The store keys of sub-topology `sub` that the read model shows: every order of A; the
+/// sku records of B (not its reservations or applied adjustments).
+pub fn prefix(sub: SubTopology) -> &'static [u8] {
+    match sub {
+        SubTopology::Orders => b"",
+        SubTopology::Inventory => SKU_PREFIX.as_bytes(),
+    }
+}
+
+/// Where a row's version came from: the changelog partition and the offset its commit reached.
+/// Within a partition a higher offset is a newer version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A sku's stock, as the `inventory` table shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryRow {
+    pub sku: String,
+    pub record: SkuRecord,
+    pub source: Source,
+}
+
+/// An order, as the `orders` and `order_lines` tables show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRow {
+    pub order_id: String,
+    pub record: OrderRecord,
+    pub source: Source,
+}
+
+impl OrderRow {
+    /// The `status` column.
+    pub fn status(&self) -> &'static str {
+        match self.record.status {
+            OrderStatus::Pending { .. } => "PENDING",
+            OrderStatus::Confirmed => "CONFIRMED",
+            OrderStatus::Rejected { .. } => "REJECTED",
+        }
+    }
+
+    /// The `reason` and `message` columns (set for rejected orders only).
+    pub fn reason(&self) -> (Option<&'static str>, Option<&str>) {
+        match &self.record.status {
+            OrderStatus::Rejected {
+                reason, message, ..
+            } => (Some(reason_name(*reason)), Some(message)),
+            _ => (None, None),
+        }
+    }
+}
+
+/// A rejection reason as the contract (and the `reason` column) spells it.
+pub fn reason_name(reason: RejectionReason) -> &'static str {
+    match reason {
+        RejectionReason::InsufficientStock => "INSUFFICIENT_STOCK",
+        RejectionReason::UnknownSku => "UNKNOWN_SKU",
+        RejectionReason::InvalidOrder => "INVALID_ORDER",
+    }
+}
+
+/// A store value that does not decode: the store is corrupt (a bug, or a foreign writer).
+#[derive(Debug, thiserror::Error)]
+#[error("task {task}: store value under {key:?} does not decode: {reason}")]
+pub struct CorruptEntry {
+    pub task: TaskId,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The rows waiting to be synced: the newest version of each, and per task the newest
+/// changelog offset handed over.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub inventory: HashMap<String, InventoryRow>,
+    pub orders: HashMap<String, OrderRow>,
+    pub progress: HashMap<TaskId, i64>,
+    /// When the oldest change still waiting was committed.
+    pub oldest: Option<Instant>,
+}
+
+impl Pending {
+    /// Rows waiting.
+    pub fn rows(&self) -> usize {
+        self.inventory.len() + self.orders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows() == 0 && self.progress.is_empty()
+    }
+
+    /// Takes in a task's committed changes; entries that do not decode are returned (and
+    /// left out) rather than stopping the others.
+    pub fn add(&mut self, changes: Changes) -> Vec<CorruptEntry> {
+        let Changes {
+            task,
+            changelog_offset,
+            entries,
+            committed_at,
+        } = changes;
+        let source = Source {
+            partition: task.partition,
+            offset: changelog_offset,
+        };
+        let mut corrupt = Vec::new();
+        for (key, value) in entries {
+            if let Err(reason) = self.add_entry(task.sub, source, &key, &value) {
+                corrupt.push(CorruptEntry {
+                    task,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason,
+                });
+            }
+        }
+        newest(&mut self.progress, task, changelog_offset, |o| *o);
+        self.oldest = Some(self.oldest.map_or(committed_at, |o| o.min(committed_at)));
+        corrupt
+    }
+
+    fn add_entry(
+        &mut self,
+        sub: SubTopology,
+        source: Source,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), String> {
+        let key = std::str::from_utf8(key).map_err(|e| e.to_string())?;
+        match sub {
+            SubTopology::Orders => {
+                let record: OrderRecord =
+                    serde_json::from_slice(value).map_err(|e| e.to_string())?;
+                let row = OrderRow {
+                    order_id: key.to_owned(),
+                    record,
+                    source,
+                };
+                newest(&mut self.orders, key.to_owned(), row, |r| r.source.offset);
+            }
+            SubTopology::Inventory => {
+                let Some(sku) = key.strip_prefix(SKU_PREFIX) else {
+                    return Ok(()); // not a row the read model shows
+                };
+                let record: SkuRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+                let row = InventoryRow {
+                    sku: sku.to_owned(),
+                    record,
+                    source,
+                };
+                newest(&mut self.inventory, sku.to_owned(), row, |r| {
+                    r.source.offset
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back rows that failed to sync, under any newer versions that arrived since.
+    pub fn restore(&mut self, older: Pending) {
+        for (key, row) in older.inventory {
+            newest(&mut self.inventory, key, row, |r| r.source.offset);
+        }
+        for (key, row) in older.orders {
+            newest(&mut self.orders, key, row, |r| r.source.offset);
+        }
+        for (task, offset) in older.progress {
+            newest(&mut self.progress, task, offset, |o| *o);
+        }
+        self.oldest = match (self.oldest, older.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Inserts `value` unless the map holds a newer version (by `offset`) under `key`.
+fn newest<K: Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+    offset: impl Fn(&V) -> i64,
+) {
+    match map.entry(key) {
+        Entry::Occupied(mut slot) => {
+            if offset(slot.get()) <= offset(&value) {
+                slot.insert(value);
+            }
+        }
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::store::Store;
+    use crate::topology::inventory::keys;
+    use schemas::{OrderLine, RejectedLine};
+
+    fn sku(available: i64) -> SkuRecord {
+        SkuRecord {
+            available,
+            reserved: 0,
+            product_name: None,
+            unit_price_cents: None,
+            updated_at: 1,
+        }
+    }
+
+    fn order(status: OrderStatus) -> OrderRecord {
+        OrderRecord {
+            customer_id: "c".into(),
+            currency: "EUR".into(),
+            created_at: 1,
+            lines: vec![OrderLine {
+                sku: "S".into(),
+                quantity: 1,
+                unit_price_cents: 100,
+            }],
+            total_cents: 100,
+            status,
+            decided_at: None,
+        }
+    }
+
+    fn changes(sub: SubTopology, offset: i64, entries: Vec<(String, Vec<u8>)>) -> Changes {
+        Changes {
+            task: TaskId { sub, partition: 2 },
+            changelog_offset: offset,
+            entries: entries
+                .into_iter()
+                .map(|(k, v)| (k.into_bytes(), v))
+                .collect(),
+            committed_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn only_sku_records_of_the_inventory_store_become_rows() {
+        let mut pending = Pending::default();
+        let corrupt = pending.add(changes(
+            SubTopology::Inventory,
+            7,
+            vec![
+                (keys::sku("A"), Store::encode(&sku(3))),
+                (keys::adjustment("adj-1"), b"{\"at\":1}".to_vec()),
+            ],
+        ));
+        assert!(corrupt.is_empty());
+        assert_eq!(pending.rows(), 1);
+        let row = &pending.inventory["A"];
+        assert_eq!(row.record.available, 3);
+        assert_eq!(
+            row.source,
+            Source {
+                partition: 2,
+                offset: 7
+            }
+        );
+        assert_eq!(
+            pending.progress[&TaskId {
+                sub: SubTopology::Inventory,
+                partition: 2
+            }],
+            7
+        );
+    }
+
+    #[test]
+    fn the_newest_version_of_a_row_wins_in_any_arrival_order() {
+        let mut pending = Pending::default();
+        pending.add(changes(
+            SubTopology::Inventory,
+            9,
+            vec![(keys::sku("A"), Store::encode(&sku(1)))],
+        ));
+        pending.add(changes(
+            SubTopology::Inventory,
+            5,
+            vec![(keys::sku("A"), Store::encode(&sku(5)))],
+        ));
+        assert_eq!(pending.inventory["A"].record.available, 1);
+
+        // A failed sync's rows go back under what arrived meanwhile.
+        let failed = std::mem::take(&mut pending);
+        pending.add(changes(
+            SubTopology::Inventory,
+            12,
+            vec![(keys::sku("A"), Store::encode(&sku(0)))],
+        ));
+        pending.restore(failed);
+        assert_eq!(pending.inventory["A"].record.available, 0);
+        assert_eq!(pending.inventory["A"].source.offset, 12);
+        assert_eq!(
+            pending.progress[&TaskId {
+                sub: SubTopology::Inventory,
+                partition: 2
+            }],
+            12
+        );
+    }
+
+    #[test]
+    fn orders_show_their_status_and_reason() {
+        let mut pending = Pending::default();
+        let rejected = OrderStatus::Rejected {
+            reason: RejectionReason::InsufficientStock,
+            message: "short".into(),
+            lines: vec![RejectedLine {
+                sku: "S".into(),
+                requested: 1,
+                available: Some(0),
+            }],
+        };
+        pending.add(changes(
+            SubTopology::Orders,
+            3,
+            vec![
+                ("o-1".into(), Store::encode(&order(rejected))),
+                ("o-2".into(), Store::encode(&order(OrderStatus::Confirmed))),
+                (
+                    "o-3".into(),
+                    Store::encode(&order(OrderStatus::Pending {
+                        results: vec![None],
+                    })),
+                ),
+            ],
+        ));
+        let o1 = &pending.orders["o-1"];
+        assert_eq!(
+            (o1.status(), o1.reason()),
+            ("REJECTED", (Some("INSUFFICIENT_STOCK"), Some("short")))
+        );
+        assert_eq!(
+            (
+                pending.orders["o-2"].status(),
+                pending.orders["o-2"].reason()
+            ),
+            ("CONFIRMED", (None, None))
+        );
+        assert_eq!(pending.orders["o-3"].status(), "PENDING");
+    }
+
+    #[test]
+    fn a_corrupt_value_is_reported_and_the_rest_still_syncs() {
+        let mut pending = Pending::default();
+        let corrupt = pending.add(changes(
+            SubTopology::Orders,
+            1,
+            vec![
+                ("bad".into(), b"not json".to_vec()),
+                ("good".into(), Store::encode(&order(OrderStatus::Confirmed))),
+            ],
+        ));
+        assert_eq!(corrupt.len(), 1);
+        assert_eq!(corrupt[0].key, "bad");
+        assert_eq!(pending.orders.len(), 1);
+    }
+}
