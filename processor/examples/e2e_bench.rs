@@ -12,6 +12,11 @@
 //! decisions. It then measures order end-to-end latency (created_at to the outcome as a
 //! read_committed consumer receives it) at a fixed rate, and the restore rate of a new
 //! instance that rebuilds all state from the changelogs.
+//!
+//! For the PostgreSQL read model it reports, during each throughput run, the rows the sync
+//! wrote per second and the largest sync lag sampled (`stockflow_sync_lag_seconds`); and it
+//! times the sync's batched write alone (UNNEST, 5,000 rows per statement) against the same
+//! upserts one row per statement, on the same rows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -51,6 +56,10 @@ struct Row {
     seconds: f64,
     cpu: f64,
     rss_mb: f64,
+    /// Rows the read-model sync wrote per second of the run.
+    sync_rows_per_second: f64,
+    /// The largest `stockflow_sync_lag_seconds` sampled during the run.
+    sync_max_lag: f64,
 }
 
 fn connection(prefix: &str, bootstrap: &str, registry: &str) -> ConnectionArgs {
@@ -158,6 +167,8 @@ fn start_processor_logged(
             PARTITIONS,
             "--processing-guarantee",
             guarantee,
+            "--database-schema",
+            &bench_schema(app),
         ])
         .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
         .env("NO_COLOR", "1")
@@ -169,6 +180,16 @@ fn start_processor_logged(
         .spawn()
         .expect("the processor starts");
     Processor { child, metrics }
+}
+
+/// The read-model schema of a benchmark application (`bench_` + its unique name).
+fn bench_schema(app: &str) -> String {
+    let name: String = app
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let keep = name.len().min(57);
+    format!("bench_{}", &name[name.len() - keep..])
 }
 
 async fn decided(p: &Processor) -> f64 {
@@ -251,8 +272,11 @@ async fn throughput(
     let started = Instant::now();
     let mut processor = start_processor(&prefix, &app, state.path(), guarantee);
     let target = (summary.valid + summary.invalid) as f64;
+    let mut sync_max_lag: f64 = 0.0;
     while decided(&processor).await < target {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        sync_max_lag =
+            sync_max_lag.max(scrape(processor.metrics, "stockflow_sync_lag_seconds").await);
         assert!(
             started.elapsed() < Duration::from_secs(600),
             "{name}: not done in 10 minutes"
@@ -260,6 +284,7 @@ async fn throughput(
     }
     let seconds = started.elapsed().as_secs_f64();
     let (cpu, rss_mb) = usage(processor.child.id());
+    let sync_rows = scrape(processor.metrics, "stockflow_sync_rows_total").await;
     let _ = processor.child.kill();
     let _ = processor.child.wait();
     (
@@ -269,10 +294,100 @@ async fn throughput(
             seconds,
             cpu,
             rss_mb,
+            sync_rows_per_second: sync_rows / seconds,
+            sync_max_lag,
         },
         prefix,
         app,
     )
+}
+
+/// The sync's write alone: `orders` orders of 1-3 lines and 1,000 skus, upserted by the
+/// read model's batched write into a fresh schema; then the same rows again (every one refused
+/// by the offset guard); and, as the baseline, the same upserts one row per statement for a
+/// tenth of the orders. Returns (rows, seconds) for each.
+async fn sync_write(database_url: &str, orders: u64) -> [(u64, f64); 3] {
+    use processor::readmodel::postgres::{CHUNK, Written, connect, write_in_chunks};
+    use processor::readmodel::{Changes, Pending};
+    use processor::runtime::store::Store;
+    use processor::runtime::task::{SubTopology, TaskId};
+    use processor::topology::inventory::{SkuRecord, keys};
+    use processor::topology::order::{OrderRecord, OrderStatus};
+    use schemas::OrderLine;
+
+    let changes = |sub, n: u64, offset: i64| -> Changes {
+        let entries = (0..n)
+            .map(|i| match sub {
+                SubTopology::Orders => (
+                    format!("bench-order-{i:08}").into_bytes(),
+                    Store::encode(&OrderRecord {
+                        customer_id: format!("customer-{}", i % 5000),
+                        currency: "EUR".into(),
+                        created_at: now_millis(),
+                        lines: (0..1 + i % 3)
+                            .map(|l| OrderLine {
+                                sku: format!("SKU-{:06}", (i + l) % 1000),
+                                quantity: 1 + (l as i32),
+                                unit_price_cents: 1999,
+                            })
+                            .collect(),
+                        total_cents: 1999,
+                        status: OrderStatus::Confirmed,
+                        decided_at: Some(now_millis()),
+                    }),
+                ),
+                SubTopology::Inventory => (
+                    keys::sku(&format!("SKU-{i:06}")).into_bytes(),
+                    Store::encode(&SkuRecord {
+                        available: 100,
+                        reserved: 5,
+                        product_name: Some(format!("Product {i}")),
+                        unit_price_cents: Some(1999),
+                        updated_at: now_millis(),
+                    }),
+                ),
+            })
+            .collect();
+        Changes {
+            task: TaskId { sub, partition: 0 },
+            changelog_offset: offset,
+            entries,
+            committed_at: Instant::now(),
+        }
+    };
+    let batch = |n: u64, offset: i64| {
+        let mut pending = Pending::default();
+        pending.add(changes(SubTopology::Orders, n, offset));
+        pending.add(changes(SubTopology::Inventory, 1000, offset));
+        pending
+    };
+    let rows = |w: Written| w.inventory + w.orders + w.order_lines;
+
+    let schema = bench_schema(&unique("sync-write"));
+    let pool = connect(database_url, &schema)
+        .await
+        .expect("the read model");
+    let pending = batch(orders, 10);
+    let started = Instant::now();
+    let written = write_in_chunks(&pool, &pending, CHUNK)
+        .await
+        .expect("writes");
+    let batched = (rows(written), started.elapsed().as_secs_f64());
+    let started = Instant::now();
+    write_in_chunks(&pool, &pending, CHUNK)
+        .await
+        .expect("writes");
+    let guarded = (batched.0, started.elapsed().as_secs_f64());
+
+    let schema = bench_schema(&unique("sync-write-one-by-one"));
+    let pool = connect(database_url, &schema)
+        .await
+        .expect("the read model");
+    let pending = batch(orders / 10, 10);
+    let started = Instant::now();
+    let written = write_in_chunks(&pool, &pending, 1).await.expect("writes");
+    let one_by_one = (rows(written), started.elapsed().as_secs_f64());
+    [batched, guarded, one_by_one]
 }
 
 /// The raw pass-through baseline: 3 reads and 8 writes per order, transactional, no state.
@@ -399,6 +514,8 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         seconds,
         cpu: cpu_after - cpu_before,
         rss_mb,
+        sync_rows_per_second: 0.0,
+        sync_max_lag: 0.0,
     }
 }
 
@@ -569,26 +686,31 @@ async fn main() {
         Some((prefix, app)) => restore_rate(prefix, app).await,
         None => (0.0, 0.0, 0.0),
     };
+    let sync = sync_write(&stack.database_url, n).await;
 
     let base_rate = base.orders as f64 / base.seconds;
     println!();
-    println!("| run | orders | seconds | orders/s | vs baseline | CPU s | peak RSS MiB |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {:.1} | {:.0} | 1.00 | {:.1} | {:.0} (bench process) |",
+        "| run | orders | seconds | orders/s | vs baseline | CPU s | peak RSS MiB | sync rows/s | max sync lag |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {:.1} | {:.0} | 1.00 | {:.1} | {:.0} (bench process) | - | - |",
         base.name, base.orders, base.seconds, base_rate, base.cpu, base.rss_mb
     );
     for row in &rows {
         let rate = row.orders as f64 / row.seconds;
         println!(
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} |",
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} | {:.1} s |",
             row.name,
             row.orders,
             row.seconds,
             rate,
             rate / base_rate,
             row.cpu,
-            row.rss_mb
+            row.rss_mb,
+            row.sync_rows_per_second,
+            row.sync_max_lag
         );
     }
     println!();
@@ -617,4 +739,17 @@ async fn main() {
         "| records/s restoring | {:.0} |",
         restored / restoring_seconds.max(1e-9)
     );
+    println!();
+    println!("| read-model sync write alone (one transaction) | rows | seconds | rows/s |");
+    println!("|---|---:|---:|---:|");
+    for ((rows, seconds), name) in sync.iter().zip([
+        "batched upsert (UNNEST, 5,000 rows per statement), new rows",
+        "the same rows again (all refused by the offset guard)",
+        "baseline: the same upserts one row per statement (a tenth of the orders)",
+    ]) {
+        println!(
+            "| {name} | {rows} | {seconds:.2} | {:.0} |",
+            *rows as f64 / seconds.max(1e-9)
+        );
+    }
 }

@@ -209,12 +209,23 @@ async fn two_instances_share_the_work_and_survive_one_dying() {
             ],
         )
         .await;
-    let tasks_a = scrape(a.metrics, "stockflow_assigned_tasks")
-        .await
-        .expect("a's tasks");
-    let tasks_b = scrape(b.metrics, "stockflow_assigned_tasks")
-        .await
-        .expect("b's tasks");
+    // The rebalance that gives b its share may still be settling on a loaded machine: wait
+    // (bounded) until every task is owned once and both instances own some.
+    let started = Instant::now();
+    let (tasks_a, tasks_b) = loop {
+        let tasks_a = scrape(a.metrics, "stockflow_assigned_tasks")
+            .await
+            .expect("a's tasks");
+        let tasks_b = scrape(b.metrics, "stockflow_assigned_tasks")
+            .await
+            .expect("b's tasks");
+        if (tasks_a > 0.0 && tasks_b > 0.0 && tasks_a + tasks_b == 8.0)
+            || started.elapsed() > 2 * MINUTE
+        {
+            break (tasks_a, tasks_b);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     eprintln!("tasks: a {tasks_a}, b {tasks_b}");
     assert!(
         tasks_a > 0.0 && tasks_b > 0.0,

@@ -121,18 +121,27 @@ pub struct Written {
 
 /// Upserts `batch` in one transaction. Rows older than what a table holds are left alone.
 pub async fn write(pool: &PgPool, batch: &Pending) -> Result<Written, sqlx::Error> {
+    write_in_chunks(pool, batch, CHUNK).await
+}
+
+/// [`write`] with `rows_per_statement` (the benchmark compares it with one row per statement).
+pub async fn write_in_chunks(
+    pool: &PgPool,
+    batch: &Pending,
+    rows_per_statement: usize,
+) -> Result<Written, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut written = Written::default();
 
     let mut inventory: Vec<&InventoryRow> = batch.inventory.values().collect();
     inventory.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
-    for chunk in inventory.chunks(CHUNK) {
+    for chunk in inventory.chunks(rows_per_statement) {
         written.inventory += upsert_inventory(&mut tx, chunk).await?;
     }
 
     let mut orders: Vec<&OrderRow> = batch.orders.values().collect();
     orders.sort_unstable_by(|a, b| a.order_id.cmp(&b.order_id));
-    for chunk in orders.chunks(CHUNK) {
+    for chunk in orders.chunks(rows_per_statement) {
         written.orders += upsert_orders(&mut tx, chunk).await?;
         written.order_lines += insert_lines(&mut tx, chunk).await?;
     }
@@ -146,30 +155,20 @@ pub async fn write(pool: &PgPool, batch: &Pending) -> Result<Written, sqlx::Erro
              source_offset = EXCLUDED.source_offset, synced_at = now()
          WHERE t.source_offset <= EXCLUDED.source_offset",
     )
-    .bind(
-        progress
-            .iter()
-            .map(|(t, _)| t.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        progress
-            .iter()
-            .map(|(t, _)| t.sub.store())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        progress
-            .iter()
-            .map(|(t, _)| t.partition)
-            .collect::<Vec<_>>(),
-    )
-    .bind(progress.iter().map(|(_, o)| **o).collect::<Vec<_>>())
+    .bind(column(&progress, |(task, _)| task.to_string()))
+    .bind(column(&progress, |(task, _)| task.sub.store()))
+    .bind(column(&progress, |(task, _)| task.partition))
+    .bind(column(&progress, |(_, offset)| **offset))
     .execute(&mut *tx)
     .await?;
 
     tx.commit().await?;
     Ok(written)
+}
+
+/// One column of `rows`, as the array UNNEST takes.
+fn column<R, T>(rows: &[R], value: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
 }
 
 fn timestamp(millis: i64) -> DateTime<Utc> {
@@ -196,26 +195,14 @@ async fn upsert_inventory(
              synced_at = now()
          WHERE t.source_offset < EXCLUDED.source_offset",
     )
-    .bind(rows.iter().map(|r| r.sku.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.record.available).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.record.reserved).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.record.product_name.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.record.unit_price_cents)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| timestamp(r.record.updated_at))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.source.partition).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.source.offset).collect::<Vec<_>>())
+    .bind(column(rows, |r| r.sku.as_str()))
+    .bind(column(rows, |r| r.record.available))
+    .bind(column(rows, |r| r.record.reserved))
+    .bind(column(rows, |r| r.record.product_name.as_deref()))
+    .bind(column(rows, |r| r.record.unit_price_cents))
+    .bind(column(rows, |r| timestamp(r.record.updated_at)))
+    .bind(column(rows, |r| r.source.partition))
+    .bind(column(rows, |r| r.source.offset))
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -246,47 +233,17 @@ async fn upsert_orders(
              synced_at = now()
          WHERE t.source_offset < EXCLUDED.source_offset",
     )
-    .bind(rows.iter().map(|r| r.order_id.as_str()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.record.customer_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.status()).collect::<Vec<_>>())
-    .bind(
-        reasons
-            .iter()
-            .map(|(reason, _)| *reason)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        reasons
-            .iter()
-            .map(|(_, message)| *message)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.record.total_cents)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.record.currency.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| timestamp(r.record.created_at))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        rows.iter()
-            .map(|r| r.record.decided_at.map(timestamp))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.source.partition).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.source.offset).collect::<Vec<_>>())
+    .bind(column(rows, |r| r.order_id.as_str()))
+    .bind(column(rows, |r| r.record.customer_id.as_str()))
+    .bind(column(rows, |r| r.status()))
+    .bind(column(&reasons, |(reason, _)| *reason))
+    .bind(column(&reasons, |(_, message)| *message))
+    .bind(column(rows, |r| r.record.total_cents))
+    .bind(column(rows, |r| r.record.currency.as_str()))
+    .bind(column(rows, |r| timestamp(r.record.created_at)))
+    .bind(column(rows, |r| r.record.decided_at.map(timestamp)))
+    .bind(column(rows, |r| r.source.partition))
+    .bind(column(rows, |r| r.source.offset))
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -312,21 +269,11 @@ async fn insert_lines(
          SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::int4[], $5::int8[])
          ON CONFLICT (order_id, line_no) DO NOTHING",
     )
-    .bind(lines.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
-    .bind(lines.iter().map(|(_, no, _)| *no).collect::<Vec<_>>())
-    .bind(
-        lines
-            .iter()
-            .map(|(_, _, l)| l.sku.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(lines.iter().map(|(_, _, l)| l.quantity).collect::<Vec<_>>())
-    .bind(
-        lines
-            .iter()
-            .map(|(_, _, l)| l.unit_price_cents)
-            .collect::<Vec<_>>(),
-    )
+    .bind(column(&lines, |(id, _, _)| *id))
+    .bind(column(&lines, |(_, no, _)| *no))
+    .bind(column(&lines, |(_, _, l)| l.sku.as_str()))
+    .bind(column(&lines, |(_, _, l)| l.quantity))
+    .bind(column(&lines, |(_, _, l)| l.unit_price_cents))
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())

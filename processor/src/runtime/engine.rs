@@ -6,12 +6,13 @@
 //! behind a mutex so those callbacks can reach it; the loop never holds the lock while it
 //! polls, so the lock is never contended.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -28,7 +29,7 @@ use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transacto
 use super::restore::{RestoreError, restore};
 use super::store::{SharedMemory, Store, StoreError};
 use super::task::{Source, SubTopology, TaskId, TaskState};
-use super::topics::TopologyTopics;
+use super::topics::{Sink, TopologyTopics};
 use crate::metrics::Metrics;
 use crate::readmodel::{self, Changes};
 use crate::topology::inventory::{self, keys};
@@ -109,6 +110,10 @@ pub struct Engine {
     runtime: tokio::runtime::Runtime,
     memory: SharedMemory,
     metrics: Metrics,
+    /// `records_consumed` per (source, partition) and `records_produced` per sink, looked up
+    /// once: the hot path only increments.
+    consumed: HashMap<(Source, i32), IntCounter>,
+    produced: [IntCounter; Sink::ALL.len()],
     ready: Arc<AtomicBool>,
     /// Committed changes for the PostgreSQL read model's sync.
     sync: SyncSender,
@@ -215,8 +220,15 @@ pub fn run_engine(
         transactional_id,
         changelogs,
     )?;
+    let produced = Sink::ALL.map(|sink| {
+        metrics
+            .records_produced
+            .with_label_values(&[topics.sink(sink)])
+    });
     let engine = Arc::new(Mutex::new(Engine {
         memory: SharedMemory::new(config.cache_bytes),
+        consumed: HashMap::new(),
+        produced,
         tasks: BTreeMap::new(),
         topics: topics.clone(),
         tx,
@@ -326,9 +338,14 @@ impl Engine {
             Ok(()) => {
                 self.tx
                     .consumed(message.topic(), message.partition(), message.offset());
-                self.metrics
-                    .records_consumed
-                    .with_label_values(&[message.topic(), &message.partition().to_string()])
+                let metrics = &self.metrics;
+                self.consumed
+                    .entry((source, message.partition()))
+                    .or_insert_with(|| {
+                        metrics
+                            .records_consumed
+                            .with_label_values(&[message.topic(), &message.partition().to_string()])
+                    })
                     .inc();
                 self.metrics
                     .processing_latency
@@ -413,27 +430,18 @@ impl Engine {
                 command,
             };
             let payload = serde_json::to_vec(&envelope).expect("invariant: commands serialize");
-            let topic = self.topics.order_lines.clone();
-            self.send(&topic, None, sku.as_bytes(), Some(&payload), None)?;
+            self.send(Sink::OrderLines, None, sku.as_bytes(), Some(&payload), None)?;
         }
         match decision.outcome {
             Some(Outcome::Confirmed(confirmed)) => {
-                self.emit(
-                    &confirmed,
-                    confirmed.created_at,
-                    &self.topics.external.orders_confirmed.clone(),
-                )?;
+                self.emit(&confirmed, confirmed.created_at, Sink::OrdersConfirmed)?;
                 self.metrics
                     .order_outcomes
                     .with_label_values(&["confirmed", "none"])
                     .inc();
             }
             Some(Outcome::Rejected(rejected)) => {
-                self.emit(
-                    &rejected,
-                    rejected.created_at,
-                    &self.topics.external.orders_rejected.clone(),
-                )?;
+                self.emit(&rejected, rejected.created_at, Sink::OrdersRejected)?;
                 let reason = match rejected.reason {
                     RejectionReason::InsufficientStock => "insufficient_stock",
                     RejectionReason::UnknownSku => "unknown_sku",
@@ -450,9 +458,9 @@ impl Engine {
     }
 
     /// Produces an order's outcome and observes its end-to-end latency.
-    fn emit<C: Contract>(&mut self, event: &C, created_at: i64, topic: &str) -> Result<(), Step> {
+    fn emit<C: Contract>(&mut self, event: &C, created_at: i64, sink: Sink) -> Result<(), Step> {
         let payload = self.encode(event)?;
-        self.send(topic, None, event.key().as_bytes(), Some(&payload), None)?;
+        self.send(sink, None, event.key().as_bytes(), Some(&payload), None)?;
         let latency_ms = (now_millis() - created_at).max(0);
         self.metrics
             .order_e2e_latency
@@ -493,9 +501,8 @@ impl Engine {
         );
         if let Some(result) = &decision.result {
             let payload = serde_json::to_vec(result).expect("invariant: results serialize");
-            let topic = self.topics.line_results.clone();
             self.send(
-                &topic,
+                Sink::LineResults,
                 Some(envelope.reply_partition),
                 order_id.as_bytes(),
                 Some(&payload),
@@ -546,8 +553,13 @@ impl Engine {
         }
         if let Some(update) = &decision.update {
             let payload = self.encode(update)?;
-            let topic = self.topics.external.inventory_updated.clone();
-            self.send(&topic, None, sku.as_bytes(), Some(&payload), None)?;
+            self.send(
+                Sink::InventoryUpdated,
+                None,
+                sku.as_bytes(),
+                Some(&payload),
+                None,
+            )?;
         }
         Ok(())
     }
@@ -571,21 +583,26 @@ impl Engine {
 
     /// A store write: pending in the store, and a changelog record in the transaction.
     fn write(&mut self, id: TaskId, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), Step> {
-        let changelog = self.topics.changelog(id.sub).to_owned();
-        self.send(&changelog, Some(id.partition), &key, value.as_deref(), None)?;
+        self.send(
+            Sink::Changelog(id.sub),
+            Some(id.partition),
+            &key,
+            value.as_deref(),
+            None,
+        )?;
         self.task(id).store.write(key, value);
         Ok(())
     }
 
     fn send(
         &mut self,
-        topic: &str,
+        sink: Sink,
         partition: Option<i32>,
         key: &[u8],
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), Step> {
-        let mut record = BaseRecord::to(topic).key(key);
+        let mut record = BaseRecord::to(self.topics.sink(sink)).key(key);
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
@@ -596,10 +613,7 @@ impl Engine {
             record = record.headers(headers);
         }
         self.tx.send(record)?;
-        self.metrics
-            .records_produced
-            .with_label_values(&[topic])
-            .inc();
+        self.produced[sink.index()].inc();
         Ok(())
     }
 
@@ -642,9 +656,8 @@ impl Engine {
                 key: "stockflow.source.offset",
                 value: Some(offset.as_str()),
             });
-        let topic = self.topics.external.orders_dlq.clone();
         self.send(
-            &topic,
+            Sink::Dlq,
             None,
             message.key().unwrap_or_default(),
             message.payload(),
@@ -803,6 +816,7 @@ impl Engine {
             &self.metrics,
         )?;
         state = state.advance(TaskState::Running);
+        let restoring = started.elapsed();
         // The read model gets everything the task owns, so what a crash kept from the last
         // sync is written now (rows it already has are left alone by the offset guard).
         if let Some(changelog_offset) = store.changelog_offset() {
@@ -822,7 +836,7 @@ impl Engine {
             restored = restored.records,
             wiped = restored.wiped,
             changelog_offset = ?store.changelog_offset(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = restoring.as_millis() as u64,
             "task running"
         );
         Ok(Task { id, state, store })

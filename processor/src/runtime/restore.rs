@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use rocksdb::WriteBatch;
 
 use super::store::{Store, StoreError};
@@ -40,6 +41,20 @@ pub enum RestoreError {
     },
 }
 
+/// The restore consumer's context: the end-of-partition events it asks for are how a restore
+/// knows it is done, not errors, even when one is still queued as the consumer closes.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error != KafkaError::Global(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(%error, reason, "restore consumer");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 /// What a restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Restored {
@@ -62,7 +77,7 @@ pub fn restore(
         partition,
         source,
     };
-    let consumer: BaseConsumer = config
+    let consumer: BaseConsumer<RestoreContext> = config
         .clone()
         // Partitions are assigned by hand: the group is never joined, nothing is committed.
         .set("group.id", "stockflow-restore")
@@ -70,7 +85,10 @@ pub fn restore(
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("fetch.max.bytes", "52428800")
-        .create()
+        // The tail ends in a partial fetch: answer it at once instead of after the default
+        // 500 ms, which each task would otherwise pay.
+        .set("fetch.wait.max.ms", "10")
+        .create_with_context(RestoreContext)
         .map_err(kafka)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(10))

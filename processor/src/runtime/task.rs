@@ -76,7 +76,7 @@ impl TaskState {
 }
 
 /// Which input a topic is for its sub-topology.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
     /// `orders`: OrderCreated (Avro), into A.
     Orders,

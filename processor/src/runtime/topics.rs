@@ -42,6 +42,45 @@ pub struct TopologyTopics {
     pub inventory_changelog: String,
 }
 
+/// Where the topology writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    OrderLines,
+    LineResults,
+    Changelog(SubTopology),
+    OrdersConfirmed,
+    OrdersRejected,
+    InventoryUpdated,
+    Dlq,
+}
+
+impl Sink {
+    pub const ALL: [Sink; 8] = [
+        Sink::OrderLines,
+        Sink::LineResults,
+        Sink::Changelog(SubTopology::Orders),
+        Sink::Changelog(SubTopology::Inventory),
+        Sink::OrdersConfirmed,
+        Sink::OrdersRejected,
+        Sink::InventoryUpdated,
+        Sink::Dlq,
+    ];
+
+    /// Its position in [`Sink::ALL`] (for per-sink arrays).
+    pub fn index(self) -> usize {
+        match self {
+            Sink::OrderLines => 0,
+            Sink::LineResults => 1,
+            Sink::Changelog(SubTopology::Orders) => 2,
+            Sink::Changelog(SubTopology::Inventory) => 3,
+            Sink::OrdersConfirmed => 4,
+            Sink::OrdersRejected => 5,
+            Sink::InventoryUpdated => 6,
+            Sink::Dlq => 7,
+        }
+    }
+}
+
 impl TopologyTopics {
     pub fn new(application_id: &str, external: Topics) -> Self {
         Self {
@@ -76,6 +115,19 @@ impl TopologyTopics {
             &self.external.inventory_adjustments,
             &self.order_lines,
         ]
+    }
+
+    /// The topic of `sink`.
+    pub fn sink(&self, sink: Sink) -> &str {
+        match sink {
+            Sink::OrderLines => &self.order_lines,
+            Sink::LineResults => &self.line_results,
+            Sink::Changelog(sub) => self.changelog(sub),
+            Sink::OrdersConfirmed => &self.external.orders_confirmed,
+            Sink::OrdersRejected => &self.external.orders_rejected,
+            Sink::InventoryUpdated => &self.external.inventory_updated,
+            Sink::Dlq => &self.external.orders_dlq,
+        }
     }
 
     pub fn changelog(&self, sub: SubTopology) -> &str {

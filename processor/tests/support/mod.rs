@@ -343,15 +343,7 @@ impl World {
     ) {
         let started = std::time::Instant::now();
         loop {
-            let decided: u64 = ["confirmed", "rejected"]
-                .iter()
-                .flat_map(|o| {
-                    ["none", "insufficient_stock", "unknown_sku", "invalid_order"]
-                        .iter()
-                        .map(move |r| (*o, *r))
-                })
-                .map(|(o, r)| metrics.order_outcomes.with_label_values(&[o, r]).get())
-                .sum();
+            let decided = decided(metrics);
             if decided >= expected {
                 return;
             }
