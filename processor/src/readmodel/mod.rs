@@ -62,11 +62,13 @@ pub struct InventoryRow {
     pub source: Source,
 }
 
-/// An order, as the `orders` and `order_lines` tables show it.
+/// A decided order, as the `orders` and `order_lines` tables show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRow {
     pub order_id: String,
     pub record: OrderRecord,
+    /// When it was decided (milliseconds since the epoch).
+    pub decided_at: i64,
     pub source: Source,
 }
 
@@ -74,9 +76,11 @@ impl OrderRow {
     /// The `status` column.
     pub fn status(&self) -> &'static str {
         match self.record.status {
-            OrderStatus::Pending { .. } => "PENDING",
             OrderStatus::Confirmed => "CONFIRMED",
             OrderStatus::Rejected { .. } => "REJECTED",
+            OrderStatus::Pending { .. } => {
+                unreachable!("invariant: Pending::add keeps pending orders out of the read model")
+            }
         }
     }
 
@@ -170,9 +174,16 @@ impl Pending {
             SubTopology::Orders => {
                 let record: OrderRecord =
                     serde_json::from_slice(value).map_err(|e| e.to_string())?;
+                if matches!(record.status, OrderStatus::Pending { .. }) {
+                    return Ok(()); // the read model shows decided orders only
+                }
+                let decided_at = record
+                    .decided_at
+                    .ok_or("a decided order without decided_at")?;
                 let row = OrderRow {
                     order_id: key.to_owned(),
                     record,
+                    decided_at,
                     source,
                 };
                 newest(&mut self.orders, key.to_owned(), row, |r| r.source.offset);
@@ -250,6 +261,10 @@ mod tests {
     }
 
     fn order(status: OrderStatus) -> OrderRecord {
+        let decided_at = match status {
+            OrderStatus::Pending { .. } => None,
+            _ => Some(2),
+        };
         OrderRecord {
             customer_id: "c".into(),
             currency: "EUR".into(),
@@ -261,7 +276,7 @@ mod tests {
             }],
             total_cents: 100,
             status,
-            decided_at: None,
+            decided_at,
         }
     }
 
@@ -343,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn orders_show_their_status_and_reason() {
+    fn decided_orders_show_their_status_and_reason_and_pending_ones_wait() {
         let mut pending = Pending::default();
         let rejected = OrderStatus::Rejected {
             reason: RejectionReason::InsufficientStock,
@@ -380,7 +395,7 @@ mod tests {
             ),
             ("CONFIRMED", (None, None))
         );
-        assert_eq!(pending.orders["o-3"].status(), "PENDING");
+        assert!(!pending.orders.contains_key("o-3"), "a pending order waits");
     }
 
     #[test]

@@ -241,7 +241,7 @@ async fn upsert_orders(
     .bind(column(rows, |r| r.record.total_cents))
     .bind(column(rows, |r| r.record.currency.as_str()))
     .bind(column(rows, |r| timestamp(r.record.created_at)))
-    .bind(column(rows, |r| r.record.decided_at.map(timestamp)))
+    .bind(column(rows, |r| timestamp(r.decided_at)))
     .bind(column(rows, |r| r.source.partition))
     .bind(column(rows, |r| r.source.offset))
     .execute(&mut **tx)
