@@ -312,7 +312,8 @@ impl Engine {
         consumer: &BaseConsumer<StreamsContext>,
         message: &BorrowedMessage<'_>,
     ) -> Result<(), EngineError> {
-        let Some(source) = self.topics.source(message.topic()) else {
+        let topic = message.topic(); // checked as UTF-8 on every call: once per record
+        let Some(source) = self.topics.source(topic) else {
             return Ok(());
         };
         let id = TaskId {
@@ -337,14 +338,14 @@ impl Engine {
         match step {
             Ok(()) => {
                 self.tx
-                    .consumed(message.topic(), message.partition(), message.offset());
+                    .consumed(topic, message.partition(), message.offset());
                 let metrics = &self.metrics;
                 self.consumed
                     .entry((source, message.partition()))
                     .or_insert_with(|| {
                         metrics
                             .records_consumed
-                            .with_label_values(&[message.topic(), &message.partition().to_string()])
+                            .with_label_values(&[topic, &message.partition().to_string()])
                     })
                     .inc();
                 self.metrics
@@ -355,7 +356,7 @@ impl Engine {
             Err(Step::Retry(reason)) => {
                 tracing::warn!(%reason, "transient failure: rolling back and retrying");
                 self.tx
-                    .consumed(message.topic(), message.partition(), message.offset());
+                    .consumed(topic, message.partition(), message.offset());
                 self.roll_back(consumer, &reason)?;
                 std::thread::sleep(RETRY_BACKOFF);
                 Ok(())

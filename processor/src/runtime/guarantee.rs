@@ -136,8 +136,9 @@ pub struct Transactor {
     guarantee: ProcessingGuarantee,
     transactional_id: String,
     in_transaction: bool,
-    /// Per input partition consumed since the last commit: (first offset, next offset).
-    consumed: HashMap<(String, i32), (i64, i64)>,
+    /// Per input topic and partition consumed since the last commit: (first offset, next
+    /// offset). Keyed by topic first so that the per-record update allocates nothing.
+    consumed: HashMap<String, HashMap<i32, (i64, i64)>>,
     last_commit: Instant,
 }
 
@@ -226,8 +227,12 @@ impl Transactor {
 
     /// Notes that `offset` of `topic[partition]` was processed in the current transaction.
     pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.consumed
-            .entry((topic.to_owned(), partition))
+        let partitions = match self.consumed.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.consumed.entry(topic.to_owned()).or_default(),
+        };
+        partitions
+            .entry(partition)
             .and_modify(|(_, next)| *next = offset + 1)
             .or_insert((offset, offset + 1));
     }
@@ -247,8 +252,10 @@ impl Transactor {
             return Ok(Committed::Nothing);
         }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), (_, next)) in &self.consumed {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        for (topic, partitions) in &self.consumed {
+            for (partition, (_, next)) in partitions {
+                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            }
         }
         match self.guarantee {
             ProcessingGuarantee::ExactlyOnceV2 => self.commit_transaction(consumer, &offsets),
@@ -345,15 +352,17 @@ impl Transactor {
 
     /// Seeks every partition consumed in the rolled-back transaction back to its first offset.
     pub fn rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        for ((topic, partition), (first, _)) in self.consumed.drain() {
-            if let Err(error) = consumer.seek(
-                &topic,
-                partition,
-                Offset::Offset(first),
-                Duration::from_secs(10),
-            ) {
-                // Not assigned any more: its new owner starts from the committed offset anyway.
-                tracing::debug!(topic, partition, %error, "rewind skipped");
+        for (topic, partitions) in self.consumed.drain() {
+            for (partition, (first, _)) in partitions {
+                if let Err(error) = consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(first),
+                    Duration::from_secs(10),
+                ) {
+                    // Not assigned any more: its new owner starts from the committed offset.
+                    tracing::debug!(topic, partition, %error, "rewind skipped");
+                }
             }
         }
     }
