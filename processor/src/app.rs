@@ -68,13 +68,13 @@ pub async fn start(
     let topics = connection.topics();
     let registry = Registry::new(&connection.schema_registry_url)?;
     registry.ping().await?;
+    let pool = connect(args.database_url.as_str(), &args.database_schema).await?;
     let client = connection.client_config();
     let topology_topics = TopologyTopics::new(&args.application_id, topics.clone());
     topology_topics.ensure(&client, args.partitions).await?;
     // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.
     registry.register_all(&topics).await?;
     let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
-    let pool = connect(args.database_url.as_str(), &args.database_schema).await?;
 
     let state_dir = args.state_dir.join(&args.application_id);
     std::fs::create_dir_all(&state_dir)

@@ -418,3 +418,40 @@ async fn a_hundred_thousand_orders_each_get_exactly_one_outcome() {
     token.cancel();
     running.wait().await.expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn an_unreachable_database_stops_start_up_with_one_line() {
+    let world = World::new("no-database").await;
+    let state = world.state.path().to_string_lossy().into_owned();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_processor"))
+        .args([
+            "--bootstrap-servers",
+            &world.bootstrap,
+            "--schema-registry-url",
+            &world.registry_url,
+            "--topic-prefix",
+            &format!("{}-", world.name),
+            "run",
+            "--application-id",
+            &world.application_id,
+            "--state-dir",
+            &state,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://stockflow:stockflow@127.0.0.1:9/stockflow",
+        ])
+        .output()
+        .expect("the processor binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(output.status.code(), Some(1), "exit code 1: {stderr}");
+    assert_eq!(
+        errors,
+        vec![
+            "error: PostgreSQL at 127.0.0.1:9/stockflow is unreachable: error communicating \
+             with database: Connection refused (os error 111)"
+        ],
+        "one line naming the server: {stderr}"
+    );
+}

@@ -2,7 +2,6 @@
 //! (SIGINT/SIGTERM cancel a root token so work drains; a second signal exits at once), and
 //! mapping a run's result to an exit code with one clear line on failure.
 
-use std::fmt::Display;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
@@ -55,12 +54,51 @@ async fn wait_for_signal() {
 }
 
 /// Success, or one line `error: ...` (with its causes) and exit code 1.
-pub fn exit_code<T, E: Display>(result: Result<T, E>) -> ExitCode {
+pub fn exit_code<T>(result: anyhow::Result<T>) -> ExitCode {
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, each said once: some libraries' messages already end
+/// with their cause's (sqlx does), which `{:#}` would print twice.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connection refused")]
+        struct Refused;
+        #[derive(Debug, thiserror::Error)]
+        #[error("error communicating with database: connection refused")]
+        struct Io(#[source] Refused);
+        let error = anyhow::Error::new(Io(Refused)).context("PostgreSQL at db:5432 is unreachable");
+        assert_eq!(
+            one_line(&error),
+            "PostgreSQL at db:5432 is unreachable: error communicating with database: connection refused"
+        );
+        let plain = anyhow::anyhow!("root").context("outer");
+        assert_eq!(one_line(&plain), "outer: root");
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{Changes, InventoryRow, OrderRow, Pending};
@@ -39,20 +39,18 @@ const FINAL_SYNC_DEADLINE: Duration = Duration::from_secs(10);
 pub enum ReadModelError {
     #[error("invalid --database-url: {0}")]
     Url(sqlx::Error),
-    #[error("PostgreSQL at {endpoint} is unreachable: {source}")]
+    #[error("PostgreSQL at {endpoint} is unreachable")]
     Connect {
         endpoint: String,
         source: sqlx::Error,
     },
-    #[error("cannot create schema {schema} in PostgreSQL at {endpoint}: {source}")]
+    #[error("cannot create schema {schema} in PostgreSQL at {endpoint}")]
     Schema {
         schema: String,
         endpoint: String,
         source: sqlx::Error,
     },
-    #[error(
-        "the read-model migrations failed in schema {schema} (PostgreSQL at {endpoint}): {source}"
-    )]
+    #[error("the read-model migrations failed in schema {schema} (PostgreSQL at {endpoint})")]
     Migrate {
         schema: String,
         endpoint: String,
@@ -75,10 +73,9 @@ pub async fn connect(url: &str, schema: &str) -> Result<PgPool, ReadModelError> 
     let options = options
         .options([("search_path", schema)])
         .application_name("stockflow-processor");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+    // One connection first, so that an unreachable server is reported with its own error
+    // (a pool only says it timed out).
+    let mut first = PgConnection::connect_with(&options)
         .await
         .map_err(|source| ReadModelError::Connect {
             endpoint: endpoint.clone(),
@@ -88,13 +85,18 @@ pub async fn connect(url: &str, schema: &str) -> Result<PgPool, ReadModelError> 
         "CREATE SCHEMA IF NOT EXISTS {}",
         quote_identifier(schema)
     ))
-    .execute(&pool)
+    .execute(&mut first)
     .await
     .map_err(|source| ReadModelError::Schema {
         schema: schema.to_owned(),
         endpoint: endpoint.clone(),
         source,
     })?;
+    let _ = first.close().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options);
     MIGRATOR
         .run(&pool)
         .await
