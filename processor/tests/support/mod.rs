@@ -82,16 +82,27 @@ impl World {
     }
 
     pub fn run_args_in(&self, state_dir: &std::path::Path, extra: &[&str]) -> RunArgs {
-        let state = state_dir.to_string_lossy().into_owned();
-        let mut argv = vec![
-            "processor",
+        let mut argv = vec!["processor".to_owned()];
+        argv.extend(self.run_flags(state_dir, "127.0.0.1:0", extra));
+        match processor::cli::Cli::try_parse_from(argv)
+            .expect("valid run arguments")
+            .command
+        {
+            processor::cli::Command::Run(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// `run` and its flags for this world, then `extra`.
+    fn run_flags(&self, state_dir: &std::path::Path, metrics: &str, extra: &[&str]) -> Vec<String> {
+        [
             "run",
             "--application-id",
             &self.application_id,
             "--state-dir",
-            &state,
+            &state_dir.to_string_lossy(),
             "--metrics-addr",
-            "127.0.0.1:0",
+            metrics,
             "--partitions",
             "4",
             "--cache-mb",
@@ -102,15 +113,11 @@ impl World {
             &self.database_schema,
             "--sync-interval",
             SYNC_INTERVAL,
-        ];
-        argv.extend_from_slice(extra);
-        match processor::cli::Cli::try_parse_from(argv)
-            .expect("valid run arguments")
-            .command
-        {
-            processor::cli::Command::Run(args) => args,
-            other => panic!("parsed as {other:?}"),
-        }
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
     }
 
     /// Starts a processor in this process.
@@ -136,28 +143,11 @@ impl World {
             &self.registry_url,
             "--topic-prefix",
             &format!("{}-", self.name),
-            "run",
-            "--application-id",
-            &self.application_id,
-            "--state-dir",
-            &state_dir.to_string_lossy(),
-            "--metrics-addr",
-            &metrics.to_string(),
-            "--partitions",
-            "4",
-            "--cache-mb",
-            "32",
-            "--database-url",
-            &self.database_url,
-            "--database-schema",
-            &self.database_schema,
-            "--sync-interval",
-            SYNC_INTERVAL,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(self.run_flags(state_dir, &metrics.to_string(), extra));
         args
     }
 
