@@ -26,7 +26,9 @@ bin="$CARGO_TARGET_DIR/release"
 "$bin/generator" seed --synthetic-skus "$SKUS" --synthetic-stock 1000
 
 mkdir -p "$STOCKFLOW_HOME/logs"
-"$bin/processor" run --state-dir "$STOCKFLOW_HOME/state" >"$STOCKFLOW_HOME/logs/processor.log" 2>&1 &
+# In a session of its own, so that Ctrl-C reaches only the generator and this script, and the
+# processor gets exactly one signal (a second one would make it exit without finishing).
+setsid "$bin/processor" run --state-dir "$STOCKFLOW_HOME/state" >"$STOCKFLOW_HOME/logs/processor.log" 2>&1 &
 processor_pid=$!
 trap 'kill -TERM "$processor_pid" 2>/dev/null; wait "$processor_pid" 2>/dev/null || true' EXIT
 echo "run: processor started (pid $processor_pid), log: $STOCKFLOW_HOME/logs/processor.log"

@@ -16,7 +16,7 @@ echo "[test] deleting the topics and schemas of earlier test runs"
 scripts/kafka topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --if-exists \
   --topic '[a-z0-9-]+-[0-9]+-[0-9]{13}-[0-9]+-.*'
 scripts/stack.sh psql -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning; DO \$\$ DECLARE s text; BEGIN
-  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%' LOOP
+  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%' OR nspname LIKE 'bench\\_%' LOOP
     EXECUTE format('DROP SCHEMA %I CASCADE', s);
   END LOOP; END \$\$;"
 
