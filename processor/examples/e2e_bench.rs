@@ -95,26 +95,21 @@ fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
-/// The sample of metric `name` whose label set contains the value `label`.
-async fn scrape_labeled(addr: SocketAddr, name: &str, label: &str) -> f64 {
-    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
-        return 0.0;
-    };
-    let body = response.text().await.unwrap_or_default();
-    let needle = format!("\"{label}\"");
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of metric `name`'s samples, over every label set, from a processor's /metrics.
+async fn scrape(addr: SocketAddr, name: &str) -> f64 {
+    scrape_labeled(addr, name, None).await
 }
 
-async fn scrape(addr: SocketAddr, name: &str) -> f64 {
+/// [`scrape`] over the label sets that contain the value `label`, if given.
+async fn scrape_labeled(addr: SocketAddr, name: &str, label: Option<&str>) -> f64 {
     let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
         return 0.0;
     };
     let body = response.text().await.unwrap_or_default();
+    let needle = label.map(|l| format!("\"{l}\""));
     body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| needle.as_ref().is_none_or(|n| l.contains(n.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -304,7 +299,12 @@ async fn throughput(
     // the decided orders (one row each in `orders`).
     let target_rows = target;
     loop {
-        let orders = scrape_labeled(processor.metrics, "stockflow_sync_rows_total", "orders").await;
+        let orders = scrape_labeled(
+            processor.metrics,
+            "stockflow_sync_rows_total",
+            Some("orders"),
+        )
+        .await;
         let waiting = scrape(processor.metrics, "stockflow_sync_lag_rows").await;
         if orders >= target_rows && waiting == 0.0 {
             break;
