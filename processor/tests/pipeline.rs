@@ -455,3 +455,27 @@ async fn an_unreachable_database_stops_start_up_with_one_line() {
         "one line naming the server: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn instances_starting_together_share_the_read_model_schema() {
+    // Two instances of one application start at once and both create and migrate the same
+    // schema: neither may fail on the other's CREATE SCHEMA or migration.
+    let world = World::new("schema-race").await;
+    let connects = (0..4).map(|_| {
+        processor::readmodel::postgres::connect(&world.database_url, &world.database_schema)
+    });
+    for result in futures::future::join_all(connects).await {
+        result.expect("every instance connects and migrates");
+    }
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+    )
+    .bind(&world.database_schema)
+    .fetch_one(&world.pg().await)
+    .await
+    .expect("counts tables");
+    assert_eq!(
+        tables, 5,
+        "inventory, orders, order_lines, sync_progress, _sqlx_migrations"
+    );
+}

@@ -81,13 +81,23 @@ pub async fn connect(url: &str, schema: &str) -> Result<PgPool, ReadModelError> 
             endpoint: endpoint.clone(),
             source,
         })?;
-    sqlx::query(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {}",
-        quote_identifier(schema)
-    ))
-    .execute(&mut first)
-    .await
-    .map_err(|source| ReadModelError::Schema {
+    // `CREATE SCHEMA IF NOT EXISTS` is not safe against a concurrent one (two instances
+    // starting together): the loser fails on pg_namespace's unique index. A transaction-scoped
+    // advisory lock makes them take turns.
+    let created = async {
+        let mut tx = first.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('stockflow: create schema'))")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_identifier(schema)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    };
+    created.await.map_err(|source| ReadModelError::Schema {
         schema: schema.to_owned(),
         endpoint: endpoint.clone(),
         source,
