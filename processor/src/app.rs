@@ -68,15 +68,15 @@ pub async fn start(
     let topics = connection.topics();
     let registry = Registry::new(&connection.schema_registry_url)?;
     registry.ping().await?;
-    let pool = connect(args.database_url.as_str(), &args.database_schema).await?;
+    let pool = connect(args.app.database_url.as_str(), &args.app.database_schema).await?;
     let client = connection.client_config();
-    let topology_topics = TopologyTopics::new(&args.application_id, topics.clone());
+    let topology_topics = TopologyTopics::new(&args.app.application_id, topics.clone());
     topology_topics.ensure(&client, args.partitions).await?;
     // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.
     registry.register_all(&topics).await?;
     let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
 
-    let state_dir = args.state_dir.join(&args.application_id);
+    let state_dir = args.app.state_dir.join(&args.app.application_id);
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
     let lock = lock_state_dir(&state_dir)?;
@@ -95,7 +95,7 @@ pub async fn start(
     tracing::info!(%metrics_addr, instance_id, "serving /metrics, /health and /ready");
 
     let config = EngineConfig {
-        application_id: args.application_id.clone(),
+        application_id: args.app.application_id.clone(),
         guarantee: args.processing_guarantee,
         commit_interval: args.commit_interval(),
         state_dir,
@@ -140,7 +140,7 @@ pub async fn start(
 }
 
 /// One process per state directory: a second one would corrupt the stores.
-fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
+pub(crate) fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join(".lock");
     let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     file.try_lock().map_err(|_| {

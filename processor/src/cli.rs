@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use schemas::cli::{ConnectionArgs, SchemasCommand};
 
 use crate::runtime::guarantee::ProcessingGuarantee;
@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the processor: join orders against the inventory and decide each one.
     Run(RunArgs),
+    /// Reprocess: move the application's input offsets back, delete its internal topics, its
+    /// local state and its read model's rows (what kafka-streams-application-reset does).
+    Reset(ResetArgs),
     /// Follow the outputs (outcomes, stock changes, dead letters), one decoded line each.
     Tail {
         /// Start from the beginning of the topics instead of from now.
@@ -39,9 +42,9 @@ pub enum Command {
     Schemas(SchemasCommand),
 }
 
-/// `processor run`.
+/// Where an application's state lives: shared by `run` and `reset`.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
+pub struct ApplicationArgs {
     /// The application id: the consumer group, and the prefix of internal topics.
     #[arg(long, env = "STOCKFLOW_APPLICATION_ID", default_value = "stockflow")]
     pub application_id: String,
@@ -53,6 +56,25 @@ pub struct RunArgs {
         default_value = "/tmp/stockflow-state"
     )]
     pub state_dir: PathBuf,
+
+    /// PostgreSQL for the read model (postgres://user:password@host:port/database).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://stockflow:stockflow@127.0.0.1:5432/stockflow"
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// The PostgreSQL schema of the read model's tables (created if missing).
+    #[arg(long, env = "STOCKFLOW_DATABASE_SCHEMA", default_value = "public", value_parser = parse_schema)]
+    pub database_schema: String,
+}
+
+/// `processor run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub app: ApplicationArgs,
 
     /// exactly_once_v2 or at_least_once.
     #[arg(
@@ -79,21 +101,62 @@ pub struct RunArgs {
     #[arg(long, env = "STOCKFLOW_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..))]
     pub cache_mb: u64,
 
-    /// PostgreSQL for the read model (postgres://user:password@host:port/database).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://stockflow:stockflow@127.0.0.1:5432/stockflow"
-    )]
-    pub database_url: DatabaseUrl,
-
-    /// The PostgreSQL schema of the read model's tables (created if missing).
-    #[arg(long, env = "STOCKFLOW_DATABASE_SCHEMA", default_value = "public", value_parser = parse_schema)]
-    pub database_schema: String,
-
     /// How often each task syncs its changed rows to PostgreSQL, e.g. 1s or 500ms.
     #[arg(long, env = "STOCKFLOW_SYNC_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sync_interval: Duration,
+}
+
+/// `processor reset`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("position").args(["to_earliest", "to_datetime", "by_duration"])))]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub app: ApplicationArgs,
+
+    /// Reprocess the input topics from their beginning (the default).
+    #[arg(long)]
+    pub to_earliest: bool,
+
+    /// Reprocess from the first record at or after this time (RFC 3339, UTC unless an offset is
+    /// given), e.g. 2026-11-22T10:00:00Z.
+    #[arg(long, value_parser = parse_datetime)]
+    pub to_datetime: Option<SystemTime>,
+
+    /// Reprocess the records of the last DURATION, e.g. 1h or 30m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub by_duration: Option<Duration>,
+
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Where `processor reset` moves the input offsets to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetPosition {
+    Earliest,
+    /// The first record whose timestamp is at or after this time (ms since the epoch).
+    Time(i64),
+}
+
+impl ResetArgs {
+    /// The position asked for, with `--by-duration` counted back from `now`.
+    pub fn position(&self, now: SystemTime) -> ResetPosition {
+        let millis = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        match (self.to_datetime, self.by_duration) {
+            (Some(time), _) => ResetPosition::Time(millis(time)),
+            (None, Some(ago)) => ResetPosition::Time(millis(now - ago)),
+            (None, None) => ResetPosition::Earliest,
+        }
+    }
+}
+
+fn parse_datetime(s: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e} (expected e.g. 2026-11-22T10:00:00Z)"))
 }
 
 /// A database URL whose password never reaches a log (`Debug` masks it).
@@ -225,9 +288,36 @@ mod tests {
             panic!("parsed as run")
         };
         assert_eq!(run.sync_interval, Duration::from_millis(250));
-        assert_eq!(run.database_schema, "read_model_2");
+        assert_eq!(run.app.database_schema, "read_model_2");
         assert!(parse(&["--sync-interval", "1ms"]).is_err());
         assert!(parse(&["--database-schema", "Robert'); DROP TABLE orders;--"]).is_err());
         assert!(parse(&["--database-schema", "2fast"]).is_err());
+    }
+
+    #[test]
+    fn reset_positions_are_exclusive_and_parsed() {
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["processor", "reset"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Reset(reset) => reset,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(10_000);
+        let position = |flags: &[&str]| parse(flags).expect("parses").position(now);
+        assert_eq!(position(&[]), ResetPosition::Earliest);
+        assert_eq!(position(&["--to-earliest"]), ResetPosition::Earliest);
+        assert_eq!(
+            position(&["--to-datetime", "1970-01-01T00:00:05Z"]),
+            ResetPosition::Time(5_000)
+        );
+        assert_eq!(
+            position(&["--by-duration", "1h"]),
+            ResetPosition::Time(10_000_000 - 3_600_000)
+        );
+        assert!(parse(&["--to-earliest", "--by-duration", "1h"]).is_err());
+        assert!(parse(&["--to-datetime", "yesterday"]).is_err());
+        assert!(parse(&["--dry-run"]).expect("parses").dry_run);
     }
 }

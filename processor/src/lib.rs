@@ -17,6 +17,7 @@ pub mod app;
 pub mod cli;
 pub mod metrics;
 pub mod readmodel;
+pub mod reset;
 pub mod runtime;
 pub mod tail;
 pub mod topology;

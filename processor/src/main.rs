@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     let shutdown = shutdown_on_signals();
     exit_code(match &cli.command {
         Command::Run(args) => processor::app::run(&cli.connection, args, shutdown).await,
+        Command::Reset(args) => processor::reset::reset(&cli.connection, args).await,
         Command::Tail {
             from_beginning,
             limit,

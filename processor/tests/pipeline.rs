@@ -424,13 +424,8 @@ async fn an_unreachable_database_stops_start_up_with_one_line() {
     let world = World::new("no-database").await;
     let state = world.state.path().to_string_lossy().into_owned();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_processor"))
+        .args(world.connection_flags())
         .args([
-            "--bootstrap-servers",
-            &world.bootstrap,
-            "--schema-registry-url",
-            &world.registry_url,
-            "--topic-prefix",
-            &format!("{}-", world.name),
             "run",
             "--application-id",
             &world.application_id,

@@ -56,6 +56,97 @@ pub enum ReadModelError {
         endpoint: String,
         source: MigrateError,
     },
+    #[error("cannot read or empty the read model in schema {schema} (PostgreSQL at {endpoint})")]
+    Reset {
+        schema: String,
+        endpoint: String,
+        source: sqlx::Error,
+    },
+}
+
+/// One connection with `search_path = schema` (no pool; it creates nothing), its options and
+/// the endpoint for messages. The connection is made at once so that an unreachable server is
+/// reported with its own error (a pool only says it timed out).
+async fn connect_one(
+    url: &str,
+    schema: &str,
+) -> Result<(PgConnection, PgConnectOptions, String), ReadModelError> {
+    let options = PgConnectOptions::from_str(url).map_err(ReadModelError::Url)?;
+    let endpoint = endpoint_of(&options);
+    let options = options
+        .options([("search_path", schema)])
+        .application_name("stockflow-processor");
+    let connection = PgConnection::connect_with(&options)
+        .await
+        .map_err(|source| ReadModelError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    Ok((connection, options, endpoint))
+}
+
+/// The read model's tables (what `processor reset` empties).
+pub const TABLES: [&str; 4] = ["inventory", "orders", "order_lines", "sync_progress"];
+
+/// How many rows the read model in `schema` holds: `None` if it has no tables yet. Creates
+/// nothing.
+pub async fn row_count(url: &str, schema: &str) -> Result<Option<i64>, ReadModelError> {
+    let (mut connection, _, endpoint) = connect_one(url, schema).await?;
+    let failed = |source| ReadModelError::Reset {
+        schema: schema.to_owned(),
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let exists: bool = sqlx::query_scalar(
+        "SELECT count(*) = $1 FROM information_schema.tables \
+         WHERE table_schema::text = $2 AND table_name::text = ANY($3)",
+    )
+    .bind(TABLES.len() as i64)
+    .bind(schema)
+    .bind(&TABLES[..])
+    .fetch_one(&mut connection)
+    .await
+    .map_err(failed)?;
+    if !exists {
+        return Ok(None);
+    }
+    let counts = TABLES
+        .map(|t| format!("(SELECT count(*) FROM {})", quote_identifier(t)))
+        .join(" + ");
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT {counts}"))
+        .fetch_one(&mut connection)
+        .await
+        .map_err(failed)?;
+    let _ = connection.close().await;
+    Ok(Some(rows))
+}
+
+/// Empties every read-model table in `schema` (one `TRUNCATE`), so that rows rebuilt from
+/// recreated changelogs, whose offsets start again at 0, are not refused by the offset guard.
+/// Creates the schema and tables first if they are missing.
+pub async fn empty(url: &str, schema: &str) -> Result<(), ReadModelError> {
+    let pool = connect(url, schema).await?;
+    let tables = TABLES.map(quote_identifier).join(", ");
+    let result = sqlx::query(&format!("TRUNCATE {tables}"))
+        .execute(&pool)
+        .await;
+    pool.close().await;
+    result.map(drop).map_err(|source| ReadModelError::Reset {
+        schema: schema.to_owned(),
+        endpoint: PgConnectOptions::from_str(url)
+            .map_or_else(|_| url.to_owned(), |o| endpoint_of(&o)),
+        source,
+    })
+}
+
+/// `host:port/database`, for messages.
+fn endpoint_of(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    )
 }
 
 /// Connects to PostgreSQL, creates `schema` if needed and applies the migrations there.
@@ -63,24 +154,7 @@ pub enum ReadModelError {
 /// Every connection of the pool has `search_path = schema`, so the tables (and sqlx's own
 /// `_sqlx_migrations`) live in it: one schema per application (or per test).
 pub async fn connect(url: &str, schema: &str) -> Result<PgPool, ReadModelError> {
-    let options = PgConnectOptions::from_str(url).map_err(ReadModelError::Url)?;
-    let endpoint = format!(
-        "{}:{}/{}",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or_default()
-    );
-    let options = options
-        .options([("search_path", schema)])
-        .application_name("stockflow-processor");
-    // One connection first, so that an unreachable server is reported with its own error
-    // (a pool only says it timed out).
-    let mut first = PgConnection::connect_with(&options)
-        .await
-        .map_err(|source| ReadModelError::Connect {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+    let (mut first, options, endpoint) = connect_one(url, schema).await?;
     // `CREATE SCHEMA IF NOT EXISTS` is not safe against a concurrent one (two instances
     // starting together): the loser fails on pg_namespace's unique index. A transaction-scoped
     // advisory lock makes them take turns.

@@ -136,7 +136,14 @@ impl World {
         metrics: SocketAddr,
         extra: &[&str],
     ) -> Vec<String> {
-        let mut args: Vec<String> = [
+        let mut args = self.connection_flags();
+        args.extend(self.run_flags(state_dir, &metrics.to_string(), extra));
+        args
+    }
+
+    /// The global flags of a `processor` binary for this world (before its subcommand).
+    pub fn connection_flags(&self) -> Vec<String> {
+        [
             "--bootstrap-servers",
             &self.bootstrap,
             "--schema-registry-url",
@@ -146,9 +153,7 @@ impl World {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-        args.extend(self.run_flags(state_dir, &metrics.to_string(), extra));
-        args
+        .collect()
     }
 
     /// Seeds the sample catalog plus `synthetic` SKUs with `stock` each, on 4 partitions.
