@@ -107,18 +107,20 @@ pub async fn row_count(url: &str, schema: &str) -> Result<Option<i64>, ReadModel
     .fetch_one(&mut connection)
     .await
     .map_err(failed)?;
-    if !exists {
-        return Ok(None);
-    }
-    let counts = TABLES
-        .map(|t| format!("(SELECT count(*) FROM {})", quote_identifier(t)))
-        .join(" + ");
-    let rows: i64 = sqlx::query_scalar(&format!("SELECT {counts}"))
-        .fetch_one(&mut connection)
-        .await
-        .map_err(failed)?;
+    let rows = if exists {
+        let counts = TABLES
+            .map(|t| format!("(SELECT count(*) FROM {})", quote_identifier(t)))
+            .join(" + ");
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT {counts}"))
+            .fetch_one(&mut connection)
+            .await
+            .map_err(failed)?;
+        Some(rows)
+    } else {
+        None
+    };
     let _ = connection.close().await;
-    Ok(Some(rows))
+    Ok(rows)
 }
 
 /// Empties every read-model table in `schema` (one `TRUNCATE`), so that rows rebuilt from
