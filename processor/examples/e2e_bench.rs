@@ -65,6 +65,8 @@ struct Row {
     seconds: f64,
     /// From the process start (the baseline's thread start) to that moment.
     startup: f64,
+    /// The share of the whole machine's CPU (every process, both cores) busy during `seconds`.
+    machine_busy: f64,
     cpu: f64,
     rss_mb: f64,
     /// Rows the read-model sync wrote per second, from the processor's start until the read
@@ -123,6 +125,29 @@ async fn scrape_labeled(addr: SocketAddr, name: &str, label: Option<&str>) -> f6
         .filter(|l| needle.as_ref().is_none_or(|n| l.contains(n.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The machine's (busy, total) CPU ticks so far, over all cores, from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// The share of the machine's CPU that was busy since `before` (from [`machine_ticks`]).
+fn busy_since(before: (u64, u64)) -> f64 {
+    let after = machine_ticks();
+    (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64
 }
 
 /// CPU seconds (user + system) and peak RSS in MiB of a child, from /proc.
@@ -302,6 +327,7 @@ async fn throughput(
     }
     let startup = launched.elapsed().as_secs_f64();
     let started = Instant::now();
+    let ticks = machine_ticks();
     let target = (summary.valid + summary.invalid) as f64;
     let mut sync_max_lag: f64 = 0.0;
     while decided(&processor).await < target {
@@ -314,6 +340,7 @@ async fn throughput(
         );
     }
     let seconds = started.elapsed().as_secs_f64();
+    let machine_busy = busy_since(ticks);
     let (cpu, rss_mb) = usage(processor.child.id());
     // The read model holds every decision once the sync has nothing waiting and has written
     // the decided orders (one row each in `orders`).
@@ -345,6 +372,7 @@ async fn throughput(
             orders,
             seconds,
             startup,
+            machine_busy,
             cpu,
             rss_mb,
             sync_rows_per_second: sync_rows / sync_seconds,
@@ -586,7 +614,7 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         };
         while finished < orders {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
-                first_record.get_or_insert_with(Instant::now);
+                first_record.get_or_insert_with(|| (Instant::now(), machine_ticks()));
                 if !in_txn {
                     producer.begin_transaction().expect("begin");
                     in_txn = true;
@@ -631,8 +659,9 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         }
         first_record.expect("records were read")
     });
-    let started = handle.join().expect("baseline loop");
+    let (started, ticks) = handle.join().expect("baseline loop");
     let seconds = started.elapsed().as_secs_f64();
+    let machine_busy = busy_since(ticks);
     let startup = (started - launched).as_secs_f64();
     let (cpu_after, rss_mb) = usage(std::process::id());
     Row {
@@ -640,6 +669,7 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         orders,
         seconds,
         startup,
+        machine_busy,
         cpu: cpu_after - cpu_before,
         rss_mb,
         sync_rows_per_second: 0.0,
@@ -816,23 +846,31 @@ async fn main() {
     let base_rate = base.orders as f64 / base.seconds;
     println!();
     println!(
-        "| run | orders | start-up s | seconds | orders/s | vs baseline | CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
+        "| run | orders | start-up s | seconds | orders/s | vs baseline | machine CPU busy | CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.1} | {:.0} (bench process) | - | - | - |",
-        base.name, base.orders, base.startup, base.seconds, base_rate, base.cpu, base.rss_mb
+        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.0}% | {:.1} | {:.0} (bench process) | - | - | - |",
+        base.name,
+        base.orders,
+        base.startup,
+        base.seconds,
+        base_rate,
+        base.machine_busy * 100.0,
+        base.cpu,
+        base.rss_mb
     );
     for row in &rows {
         let rate = row.orders as f64 / row.seconds;
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0}% | {:.1} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
             row.name,
             row.orders,
             row.startup,
             row.seconds,
             rate,
             rate / base_rate,
+            row.machine_busy * 100.0,
             row.cpu,
             row.rss_mb,
             row.sync_rows_per_second,
