@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stockflow/target}"
 scripts/build-deps.sh
 scripts/stack.sh start
+scripts/stack.sh prune
 eval "$(scripts/stack.sh env)"
 cargo build --release --workspace --all-targets
 "$CARGO_TARGET_DIR/release/examples/e2e_bench" "$@"

@@ -5,7 +5,7 @@
 #   postgres    PostgreSQL 15, database and role stockflow          127.0.0.1:5432
 #   prometheus  Prometheus, scraping the processors on 9400-9403    http://127.0.0.1:9090
 #
-# Usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | clean
+# Usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | psql | prune | clean
 #   install  installs the Debian packages that are missing and downloads Kafka and the registry
 #            with Maven (cached: a second install uses no network)
 #   start    install, then start every service (or the NAMEd ones) that is not up and wait until
@@ -15,6 +15,7 @@
 #   env      export lines for the endpoints: eval "$(scripts/stack.sh env)"
 #   logs     the last lines of a service's log, e.g. scripts/stack.sh logs kafka -f
 #   psql     psql on the stockflow database (the read model), e.g. scripts/stack.sh psql -c '\dt'
+#   prune    delete the topics and read-model schemas that tests and benchmarks left behind
 #   clean    stop, then delete every service's data (the downloads are kept)
 #
 # Downloads are cached in $STOCKFLOW_HOME/downloads; each service's config, data, log and pid file
@@ -32,7 +33,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-usage() { echo "usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | psql [psql args] | clean"; }
+usage() { echo "usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | psql [psql args] | prune | clean"; }
 
 SERVICES=(kafka registry postgres prometheus)
 
@@ -492,6 +493,22 @@ cmd_psql() {
   exec "$PG_BIN/psql" "$DATABASE_URL" "$@"
 }
 
+# Tests and benchmarks name their topics <name>-<pid or number>-... (schemas::testkit::unique)
+# and their read-model schemas t_... or bench_...; thousands of leftover partitions make
+# Kafka's start-up take minutes. The topics of `scripts/run.sh` (no number in the prefix) are
+# kept. (No comma in the topic pattern: Kafka's tools read one as |.)
+cmd_prune() {
+  kafka_port_open || die "kafka is not running (scripts/stack.sh start)"
+  pg_running || die "postgres is not running (scripts/stack.sh start)"
+  say "deleting the topics and schemas of earlier test and benchmark runs"
+  "$SCRIPTS_DIR/kafka" topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --if-exists \
+    --topic '[a-z0-9-]+-[0-9][0-9][0-9][0-9][0-9][0-9]+-.+'
+  "$PG_BIN/psql" "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning; DO \$\$ DECLARE s text; BEGIN
+    FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%' OR nspname LIKE 'bench\\_%' LOOP
+      EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    END LOOP; END \$\$;"
+}
+
 cmd_clean() {
   cmd_stop
   say "deleting $STACK_DIR (the downloads in $DOWNLOADS are kept)"
@@ -506,6 +523,7 @@ case "${1:-}" in
   env) cmd_env ;;
   logs) shift; cmd_logs "$@" ;;
   psql) shift; cmd_psql "$@" ;;
+  prune) cmd_prune ;;
   clean) cmd_clean ;;
   -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -10,15 +10,9 @@ scripts/build-deps.sh
 scripts/stack.sh start
 eval "$(scripts/stack.sh env)"
 
-# Each test owns its topics (<test>-<pid>-<millis>-<n>-...) and PostgreSQL schema (t_...):
-# delete what earlier runs left, which otherwise only slows Kafka's start-up down.
-echo "[test] deleting the topics and schemas of earlier test runs"
-scripts/kafka topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --if-exists \
-  --topic '[a-z0-9-]+-[0-9]+-[0-9]{13}-[0-9]+-.*'
-scripts/stack.sh psql -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning; DO \$\$ DECLARE s text; BEGIN
-  FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%' OR nspname LIKE 'bench\\_%' LOOP
-    EXECUTE format('DROP SCHEMA %I CASCADE', s);
-  END LOOP; END \$\$;"
+# Each test owns its topics and PostgreSQL schema: delete what earlier runs left, which
+# otherwise only slows Kafka's start-up down.
+scripts/stack.sh prune
 
 # One profile (release) for everything: RocksDB and librdkafka are built once, and the
 # large end-to-end tests run at a realistic speed.

@@ -40,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: &str = "4";
 
+/// `--processor-arg`s: extra arguments for every processor the benchmark starts.
+static PROCESSOR_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Orders per throughput run.
@@ -55,6 +58,10 @@ struct Args {
     /// comparisons while tuning).
     #[arg(long)]
     quick: bool,
+    /// An extra argument for every processor the benchmark starts, e.g.
+    /// `--processor-arg=-Xlinger.ms=20` (repeatable; for comparing settings in one run).
+    #[arg(long = "processor-arg", value_name = "ARG", allow_hyphen_values = true)]
+    processor_args: Vec<String>,
 }
 
 struct Row {
@@ -69,6 +76,9 @@ struct Row {
     machine_busy: f64,
     cpu: f64,
     rss_mb: f64,
+    /// CPU seconds of the local stack's broker and PostgreSQL during `seconds` (None when the
+    /// stack is not the local one of `scripts/stack.sh`).
+    stack_cpu: Option<StackCpu>,
     /// Rows the read-model sync wrote per second, from the processor's start until the read
     /// model held every decision.
     sync_rows_per_second: f64,
@@ -108,19 +118,19 @@ fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
-/// The sum of metric `name`'s samples, over every label set, from a processor's /metrics.
-async fn scrape(addr: SocketAddr, name: &str) -> f64 {
-    scrape_labeled(addr, name, None).await
+/// A processor's /metrics page (empty if it does not answer).
+async fn scrape(addr: SocketAddr) -> String {
+    match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
 }
 
-/// [`scrape`] over the label sets that contain the value `label`, if given.
-async fn scrape_labeled(addr: SocketAddr, name: &str, label: Option<&str>) -> f64 {
-    let Ok(response) = reqwest::get(format!("http://{addr}/metrics")).await else {
-        return 0.0;
-    };
-    let body = response.text().await.unwrap_or_default();
+/// The sum of metric `name`'s samples in a scraped page, over the label sets that contain the
+/// value `label` if given, else over all of them.
+fn sample(page: &str, name: &str, label: Option<&str>) -> f64 {
     let needle = label.map(|l| format!("\"{l}\""));
-    body.lines()
+    page.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter(|l| needle.as_ref().is_none_or(|n| l.contains(n.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -152,29 +162,81 @@ fn busy_since(before: (u64, u64)) -> f64 {
 
 /// CPU seconds (user + system) and peak RSS in MiB of a child, from /proc.
 fn usage(pid: u32) -> (f64, f64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(") ")
-        .next()
-        .unwrap_or_default()
-        .split(' ')
-        .collect();
-    let cpu = fields
-        .get(11)
-        .and_then(|u| u.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0);
+    let cpu = proc_stat(pid).map_or(0.0, |(own, _, _)| own);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm_kb = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .unwrap_or(0.0);
-    (cpu / ticks, hwm_kb / 1024.0)
+    (cpu, hwm_kb / 1024.0)
+}
+
+/// CPU seconds used so far by the local stack's broker and PostgreSQL (every backend).
+#[derive(Debug, Clone, Copy)]
+struct StackCpu {
+    broker: f64,
+    postgres: f64,
+}
+
+impl StackCpu {
+    /// Read from the pid files of `scripts/stack.sh` (under `$STOCKFLOW_HOME/stack`); None when
+    /// they are not there (a stack in containers).
+    fn now() -> Option<Self> {
+        let stack = PathBuf::from(std::env::var_os("STOCKFLOW_HOME")?).join("stack");
+        let pid_in = |file: PathBuf| -> Option<u32> {
+            std::fs::read_to_string(file)
+                .ok()?
+                .lines()
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let broker = pid_in(stack.join("kafka/kafka.pid"))?;
+        let postmaster = pid_in(stack.join("postgres/data/postmaster.pid"))?;
+        // The postmaster's own time, its exited backends' (reaped: counted as its children's
+        // time) and the live backends'.
+        let (own, reaped, _) = proc_stat(postmaster)?;
+        let live: f64 = std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(proc_stat_of_child(postmaster))
+            .sum();
+        Some(Self {
+            broker: proc_stat(broker)?.0,
+            postgres: own + reaped + live,
+        })
+    }
+
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            broker: self.broker - before.broker,
+            postgres: self.postgres - before.postgres,
+        }
+    }
+}
+
+/// A process's CPU seconds from /proc/<pid>/stat: (its own, its reaped children's, its parent).
+fn proc_stat(pid: u32) -> Option<(f64, f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may contain spaces) start with the state.
+    let fields: Vec<&str> = stat.rsplit(") ").next()?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<f64>().ok());
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    Some((
+        (ticks(11)? + ticks(12)?) / ticks_per_second,
+        (ticks(13)? + ticks(14)?) / ticks_per_second,
+        fields.get(1)?.parse().ok()?,
+    ))
+}
+
+/// The CPU seconds of `pid` if `parent` is its parent.
+fn proc_stat_of_child(parent: u32) -> impl Fn(u32) -> Option<f64> {
+    move |pid| match proc_stat(pid)? {
+        (own, _, p) if p == parent => Some(own),
+        _ => None,
+    }
 }
 
 struct Processor {
@@ -217,6 +279,7 @@ fn start_processor_logged(
             "--database-schema",
             &bench_schema(app),
         ])
+        .args(PROCESSOR_ARGS.get().into_iter().flatten())
         .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -239,9 +302,7 @@ fn bench_schema(app: &str) -> String {
     format!("bench_{}", &name[name.len() - keep..])
 }
 
-async fn decided(p: &Processor) -> f64 {
-    scrape(p.metrics, "stockflow_order_outcomes_total").await
-}
+const DECIDED: &str = "stockflow_order_outcomes_total";
 
 async fn publish(
     connection: &ConnectionArgs,
@@ -328,42 +389,41 @@ async fn throughput(
     let startup = launched.elapsed().as_secs_f64();
     let started = Instant::now();
     let ticks = machine_ticks();
+    let stack_before = StackCpu::now();
     let target = (summary.valid + summary.invalid) as f64;
     let mut sync_max_lag: f64 = 0.0;
-    while decided(&processor).await < target {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        sync_max_lag =
-            sync_max_lag.max(scrape(processor.metrics, "stockflow_sync_lag_seconds").await);
+    loop {
+        let page = scrape(processor.metrics).await;
+        sync_max_lag = sync_max_lag.max(sample(&page, "stockflow_sync_lag_seconds", None));
+        if sample(&page, DECIDED, None) >= target {
+            break;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(600),
             "{name}: not done in 10 minutes"
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let machine_busy = busy_since(ticks);
+    let stack_cpu = stack_before.zip(StackCpu::now()).map(|(b, a)| a.since(&b));
     let (cpu, rss_mb) = usage(processor.child.id());
     // The read model holds every decision once the sync has nothing waiting and has written
     // the decided orders (one row each in `orders`).
-    let target_rows = target;
-    loop {
-        let orders = scrape_labeled(
-            processor.metrics,
-            "stockflow_sync_rows_total",
-            Some("orders"),
-        )
-        .await;
-        let waiting = scrape(processor.metrics, "stockflow_sync_lag_rows").await;
-        if orders >= target_rows && waiting == 0.0 {
-            break;
+    let sync_rows = loop {
+        let page = scrape(processor.metrics).await;
+        let orders = sample(&page, "stockflow_sync_rows_total", Some("orders"));
+        let waiting = sample(&page, "stockflow_sync_lag_rows", None);
+        if orders >= target && waiting == 0.0 {
+            break sample(&page, "stockflow_sync_rows_total", None);
         }
         assert!(
             started.elapsed() < Duration::from_secs(900),
             "{name}: the read model never caught up"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     let sync_seconds = started.elapsed().as_secs_f64();
-    let sync_rows = scrape(processor.metrics, "stockflow_sync_rows_total").await;
     let _ = processor.child.kill();
     let _ = processor.child.wait();
     (
@@ -375,6 +435,7 @@ async fn throughput(
             machine_busy,
             cpu,
             rss_mb,
+            stack_cpu,
             sync_rows_per_second: sync_rows / sync_seconds,
             sync_max_lag,
             sync_catch_up: sync_seconds - seconds,
@@ -614,7 +675,8 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         };
         while finished < orders {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
-                first_record.get_or_insert_with(|| (Instant::now(), machine_ticks()));
+                first_record
+                    .get_or_insert_with(|| (Instant::now(), machine_ticks(), StackCpu::now()));
                 if !in_txn {
                     producer.begin_transaction().expect("begin");
                     in_txn = true;
@@ -659,9 +721,10 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         }
         first_record.expect("records were read")
     });
-    let (started, ticks) = handle.join().expect("baseline loop");
+    let (started, ticks, stack_before) = handle.join().expect("baseline loop");
     let seconds = started.elapsed().as_secs_f64();
     let machine_busy = busy_since(ticks);
+    let stack_cpu = stack_before.zip(StackCpu::now()).map(|(b, a)| a.since(&b));
     let startup = (started - launched).as_secs_f64();
     let (cpu_after, rss_mb) = usage(std::process::id());
     Row {
@@ -672,6 +735,7 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         machine_busy,
         cpu: cpu_after - cpu_before,
         rss_mb,
+        stack_cpu,
         sync_rows_per_second: 0.0,
         sync_max_lag: 0.0,
         sync_catch_up: 0.0,
@@ -785,7 +849,11 @@ async fn restore_rate(prefix: &str, app: &str) -> (f64, f64, f64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let restored = scrape(processor.metrics, "stockflow_restored_records_total").await;
+    let restored = sample(
+        &scrape(processor.metrics).await,
+        "stockflow_restored_records_total",
+        None,
+    );
     let _ = processor.child.kill();
     let _ = processor.child.wait();
     // Time spent restoring alone: the sum of the tasks' `elapsed_ms` in "task running" lines.
@@ -806,9 +874,17 @@ async fn restore_rate(prefix: &str, app: &str) -> (f64, f64, f64) {
     (restored, seconds, restoring_ms / 1000.0)
 }
 
+/// A stack CPU figure for the table, or `-` when it could not be read.
+fn stack_column(cpu: Option<StackCpu>, figure: impl Fn(&StackCpu) -> f64) -> String {
+    cpu.map_or_else(|| "-".to_owned(), |c| format!("{:.1}", figure(&c)))
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    PROCESSOR_ARGS
+        .set(args.processor_args.clone())
+        .expect("set once");
     let stack = stack().await;
     let (bootstrap, registry) = (
         stack.bootstrap_servers.clone(),
@@ -818,6 +894,9 @@ async fn main() {
     println!(
         "Stockflow end-to-end benchmark: {n} orders per run, 4 partitions, 1000 SKUs, one processor instance"
     );
+    if !args.processor_args.is_empty() {
+        println!("Processor arguments: {}", args.processor_args.join(" "));
+    }
 
     let base = baseline(n, &bootstrap, &registry).await;
     let mut rows = Vec::new();
@@ -846,11 +925,11 @@ async fn main() {
     let base_rate = base.orders as f64 / base.seconds;
     println!();
     println!(
-        "| run | orders | start-up s | seconds | orders/s | vs baseline | machine CPU busy | CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
+        "| run | orders | start-up s | seconds | orders/s | vs baseline | machine CPU busy | CPU s | broker CPU s | PostgreSQL CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.0}% | {:.1} | {:.0} (bench process) | - | - | - |",
+        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.0}% | {:.1} | {} | {} | {:.0} (bench process) | - | - | - |",
         base.name,
         base.orders,
         base.startup,
@@ -858,12 +937,14 @@ async fn main() {
         base_rate,
         base.machine_busy * 100.0,
         base.cpu,
+        stack_column(base.stack_cpu, |s| s.broker),
+        stack_column(base.stack_cpu, |s| s.postgres),
         base.rss_mb
     );
     for row in &rows {
         let rate = row.orders as f64 / row.seconds;
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0}% | {:.1} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0}% | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
             row.name,
             row.orders,
             row.startup,
@@ -872,6 +953,8 @@ async fn main() {
             rate / base_rate,
             row.machine_busy * 100.0,
             row.cpu,
+            stack_column(row.stack_cpu, |s| s.broker),
+            stack_column(row.stack_cpu, |s| s.postgres),
             row.rss_mb,
             row.sync_rows_per_second,
             row.sync_max_lag,

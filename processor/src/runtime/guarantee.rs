@@ -44,6 +44,14 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a drain sleeps when no delivery report has arrived.
 const DRAIN_PAUSE: Duration = Duration::from_micros(100);
 
+/// Producer settings unless the user sets them (`-X KEY=VALUE`).
+const PRODUCER_DEFAULTS: [(&str, &str); 4] = [
+    ("linger.ms", "5"),
+    ("batch.num.messages", "10000"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("queue.buffering.max.kbytes", "1048576"),
+];
+
 /// `processing.guarantee`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProcessingGuarantee {
@@ -165,13 +173,15 @@ impl Transactor {
         changelogs: Vec<String>,
     ) -> Result<Self, GuaranteeError> {
         let mut config = client.clone();
+        // Defaults that `-X` may override; the guarantee's own settings are not negotiable.
+        for (key, value) in PRODUCER_DEFAULTS {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
             .set("partitioner", schemas::admin::PARTITIONER);
         if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
             config
@@ -243,6 +253,16 @@ impl Transactor {
     /// Whether `interval` has passed since the last commit.
     pub fn due(&self, interval: Duration) -> bool {
         self.last_commit.elapsed() >= interval
+    }
+
+    /// How long until `interval` has passed since the last commit (zero if it has).
+    pub fn until_due(&self, interval: Duration) -> Duration {
+        interval.saturating_sub(self.last_commit.elapsed())
+    }
+
+    /// Whether something was consumed or sent since the last commit.
+    pub fn is_open(&self) -> bool {
+        self.in_transaction || !self.consumed.is_empty()
     }
 
     /// Commits what was consumed since the last commit, with the guarantee's protocol.
