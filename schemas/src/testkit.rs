@@ -69,8 +69,12 @@ impl Stack {
 
 /// Runs `scripts/stack.sh ARGS...` and panics if it fails.
 fn local_stack(args: &[&str]) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/stack.sh");
-    let status = std::process::Command::new(script)
+    // The running test's crate (cargo test sets it at run time) is a sibling of scripts/; the
+    // compile-time path could be another clone's that shares the build cache.
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let script = format!("{crate_dir}/../scripts/stack.sh");
+    let status = std::process::Command::new(&script)
         .args(args)
         .status()
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
