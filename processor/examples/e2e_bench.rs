@@ -201,7 +201,10 @@ impl StackCpu {
         let live: f64 = std::fs::read_dir("/proc")
             .ok()?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(proc_stat_of_child(postmaster))
+            .filter_map(|pid| match proc_stat(pid)? {
+                (own, _, parent) if parent == postmaster => Some(own),
+                _ => None,
+            })
             .sum();
         Some(Self {
             broker: proc_stat(broker)?.0,
@@ -229,14 +232,6 @@ fn proc_stat(pid: u32) -> Option<(f64, f64, u32)> {
         (ticks(13)? + ticks(14)?) / ticks_per_second,
         fields.get(1)?.parse().ok()?,
     ))
-}
-
-/// The CPU seconds of `pid` if `parent` is its parent.
-fn proc_stat_of_child(parent: u32) -> impl Fn(u32) -> Option<f64> {
-    move |pid| match proc_stat(pid)? {
-        (own, _, p) if p == parent => Some(own),
-        _ => None,
-    }
 }
 
 struct Processor {
