@@ -74,6 +74,8 @@ struct Row {
     startup: f64,
     /// The share of the whole machine's CPU (every process, both cores) busy during `seconds`.
     machine_busy: f64,
+    /// Seconds spent committing (flushing, offsets, commit; the processor's stores too).
+    commit_seconds: f64,
     cpu: f64,
     rss_mb: f64,
     /// CPU seconds of the local stack's broker and PostgreSQL during `seconds` (None when the
@@ -400,6 +402,12 @@ async fn throughput(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Time spent committing (Kafka and stores), from the processor's own histogram.
+    let commit_seconds = sample(
+        &scrape(processor.metrics).await,
+        "stockflow_commit_latency_seconds_sum",
+        None,
+    );
     let machine_busy = busy_since(ticks);
     let stack_cpu = stack_before.zip(StackCpu::now()).map(|(b, a)| a.since(&b));
     let (cpu, rss_mb) = usage(processor.child.id());
@@ -428,6 +436,7 @@ async fn throughput(
             seconds,
             startup,
             machine_busy,
+            commit_seconds,
             cpu,
             rss_mb,
             stack_cpu,
@@ -655,6 +664,7 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         let mut in_txn = false;
         let mut positions: HashMap<(String, i32), i64> = HashMap::new();
         let mut last_commit = Instant::now();
+        let mut committing = Duration::ZERO;
         let mut first_record = None;
         let send = |topic: &str, key: &[u8], payload: &[u8]| {
             let mut record = BaseRecord::to(topic).key(key).payload(payload);
@@ -695,6 +705,7 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
             }
             producer.poll(Duration::ZERO);
             if in_txn && last_commit.elapsed() >= Duration::from_millis(100) {
+                let commit_started = Instant::now();
                 while producer.in_flight_count() > 0 {
                     producer.poll(Duration::from_millis(1));
                 }
@@ -712,11 +723,13 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
                     .expect("commit");
                 in_txn = false;
                 last_commit = Instant::now();
+                committing += last_commit - commit_started;
             }
         }
-        first_record.expect("records were read")
+        let (started, ticks, stack) = first_record.expect("records were read");
+        (started, ticks, stack, committing.as_secs_f64())
     });
-    let (started, ticks, stack_before) = handle.join().expect("baseline loop");
+    let (started, ticks, stack_before, commit_seconds) = handle.join().expect("baseline loop");
     let seconds = started.elapsed().as_secs_f64();
     let machine_busy = busy_since(ticks);
     let stack_cpu = stack_before.zip(StackCpu::now()).map(|(b, a)| a.since(&b));
@@ -728,6 +741,7 @@ async fn baseline(orders: u64, bootstrap: &str, registry: &str) -> Row {
         seconds,
         startup,
         machine_busy,
+        commit_seconds,
         cpu: cpu_after - cpu_before,
         rss_mb,
         stack_cpu,
@@ -920,17 +934,18 @@ async fn main() {
     let base_rate = base.orders as f64 / base.seconds;
     println!();
     println!(
-        "| run | orders | start-up s | seconds | orders/s | vs baseline | machine CPU busy | CPU s | broker CPU s | PostgreSQL CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
+        "| run | orders | start-up s | seconds | orders/s | vs baseline | machine CPU busy | commit s | CPU s | broker CPU s | PostgreSQL CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.0}% | {:.1} | {} | {} | {:.0} (bench process) | - | - | - |",
+        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.0}% | {:.1} | {:.1} | {} | {} | {:.0} (bench process) | - | - | - |",
         base.name,
         base.orders,
         base.startup,
         base.seconds,
         base_rate,
         base.machine_busy * 100.0,
+        base.commit_seconds,
         base.cpu,
         stack_column(base.stack_cpu, |s| s.broker),
         stack_column(base.stack_cpu, |s| s.postgres),
@@ -939,7 +954,7 @@ async fn main() {
     for row in &rows {
         let rate = row.orders as f64 / row.seconds;
         println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0}% | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0}% | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
             row.name,
             row.orders,
             row.startup,
@@ -947,6 +962,7 @@ async fn main() {
             rate,
             rate / base_rate,
             row.machine_busy * 100.0,
+            row.commit_seconds,
             row.cpu,
             stack_column(row.stack_cpu, |s| s.broker),
             stack_column(row.stack_cpu, |s| s.postgres),

@@ -7,11 +7,17 @@
 //! newer schema registered by someone else cannot change what this binary writes. Decoding
 //! uses the writer's schema named by the id in the record, and checks that the record is the
 //! contract the caller expects.
+//!
+//! Once a subject has given this binary's schema its id, records are written straight with
+//! `apache_avro`'s schema-aware serializer and a writer built once per contract (the
+//! converter rebuilds its schema resolution on every call, which made encoding the largest
+//! single cost of the processor's hot path).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use apache_avro::Schema;
+use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::error::SRCError;
@@ -66,22 +72,26 @@ pub struct Codec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
     /// Per topic role: the TopicNameStrategy carrying this binary's schema (used until the
-    /// encoder has resolved the subject once), the plain one (used after), and whether the
-    /// subject has been resolved.
-    strategies: HashMap<TopicRole, Strategies>,
+    /// subject has given the schema its id), and then the id and a writer for the schema.
+    subjects: HashMap<TopicRole, Subject>,
 }
 
-#[derive(Debug)]
-struct Strategies {
+struct Subject {
     with_schema: SubjectNameStrategy,
-    plain: SubjectNameStrategy,
-    resolved: AtomicBool,
+    schema: &'static Schema,
+    resolved: OnceLock<Resolved>,
+}
+
+/// A contract's schema id under its subject, and a writer for the schema.
+struct Resolved {
+    id: u32,
+    writer: GenericDatumWriter<'static>,
 }
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Codec")
-            .field("subjects", &self.strategies.len())
+            .field("subjects", &self.subjects.len())
             .finish()
     }
 }
@@ -96,54 +106,69 @@ impl Codec {
                 contract: "any",
                 reason: e.to_string(),
             })?;
-        let strategies = crate::events::ALL
+        let subjects = crate::events::ALL
             .iter()
-            .map(|(_, schema, role)| {
+            .zip(contract_schemas())
+            .map(|((_, schema, role), parsed)| {
                 let supplied = SuppliedSchema::new(None, SchemaType::Avro, (*schema).to_owned());
                 let topic = topics.name(*role).to_owned();
-                let strategies = Strategies {
-                    plain: SubjectNameStrategy::TopicNameStrategy(topic.clone(), false),
+                let subject = Subject {
                     with_schema: SubjectNameStrategy::TopicNameStrategyWithSchema(
                         topic, false, supplied,
                     ),
-                    resolved: AtomicBool::new(false),
+                    schema: parsed,
+                    resolved: OnceLock::new(),
                 };
-                (*role, strategies)
+                (*role, subject)
             })
             .collect();
         Ok(Self {
             encoder: AvroEncoder::new(settings.clone()),
             decoder: AvroDecoder::new(settings),
-            strategies,
+            subjects,
         })
     }
 
-    /// Encodes `event` for its topic, Confluent-framed.
+    /// Encodes `event` with this binary's schema for its topic's subject.
     pub async fn encode<C: Contract>(&self, event: &C) -> Result<Vec<u8>, CodecError> {
-        // The encoder caches the schema and id per subject, but clones the strategy it is given
-        // on every call. Once the subject is resolved with this binary's schema, the plain
-        // strategy (cheap to clone) finds the same cache entry.
-        let strategies = &self.strategies[&C::TOPIC];
-        let resolved = strategies.resolved.load(Ordering::Acquire);
-        let strategy = if resolved {
-            &strategies.plain
-        } else {
-            &strategies.with_schema
+        let subject = &self.subjects[&C::TOPIC];
+        let encode_error = |reason: String| CodecError::Encode {
+            contract: C::FULL_NAME,
+            reason,
         };
-        let encoded = self.encoder.encode_struct(event, strategy).await;
-        if encoded.is_ok() && !resolved {
-            strategies.resolved.store(true, Ordering::Release);
+        if let Some(resolved) = subject.resolved.get() {
+            let mut framed = Vec::with_capacity(64);
+            framed.push(0);
+            framed.extend_from_slice(&resolved.id.to_be_bytes());
+            resolved
+                .writer
+                .write_ser(&mut framed, event)
+                .map_err(|e| encode_error(e.to_string()))?;
+            return Ok(framed);
         }
-        encoded.map_err(|e| {
-            if e.retriable {
-                CodecError::RegistryUnavailable(e)
-            } else {
-                CodecError::Encode {
-                    contract: C::FULL_NAME,
-                    reason: e.to_string(),
+        // First record of this contract: the converter registers the schema (or finds it) and
+        // frames the record with its id.
+        let encoded = self
+            .encoder
+            .encode_struct(event, &subject.with_schema)
+            .await
+            .map_err(|e| {
+                if e.retriable {
+                    CodecError::RegistryUnavailable(e)
+                } else {
+                    encode_error(e.to_string())
                 }
-            }
-        })
+            })?;
+        let id = encoded
+            .get(1..5)
+            .and_then(|id| <[u8; 4]>::try_from(id).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| encode_error("the converter wrote no schema id".into()))?;
+        let writer = GenericDatumWriter::builder(subject.schema)
+            .build()
+            .map_err(|e| encode_error(e.to_string()))?;
+        let _ = subject.resolved.set(Resolved { id, writer });
+        Ok(encoded)
     }
 
     /// Decodes a Confluent-framed record that must be a `C`.
@@ -168,6 +193,13 @@ impl Codec {
         apache_avro::from_value::<C>(&decoded.value)
             .map_err(|e| CodecError::Undecodable(format!("{} body: {e}", C::FULL_NAME)))
     }
+}
+
+/// This binary's contracts, in the order of [`crate::events::ALL`], parsed once per process
+/// (the writers borrow them).
+fn contract_schemas() -> &'static [Schema; crate::events::ALL.len()] {
+    static PARSED: OnceLock<[Schema; crate::events::ALL.len()]> = OnceLock::new();
+    PARSED.get_or_init(|| crate::events::ALL.map(|(_, schema, _)| parse_contract(schema)))
 }
 
 /// Parses a contract's schema text; the contracts are compiled in, so failure is a bug.

@@ -453,7 +453,7 @@ impl Engine {
                 id,
                 order_id.as_bytes().to_vec(),
                 Some(Store::encode(record)),
-            )?;
+            );
         }
         for command in decision.commands {
             let sku = command.sku().to_owned();
@@ -576,12 +576,12 @@ impl Engine {
         if let Some(reason) = &decision.dead_letter {
             return self.dead_letter(message, "invalid", reason);
         }
-        self.apply_change(id, &keys::sku(sku), decision.sku)?;
+        self.apply_change(id, &keys::sku(sku), decision.sku);
         if let Some(key) = reservation_key {
-            self.apply_change(id, key, decision.reservation)?;
+            self.apply_change(id, key, decision.reservation);
         }
         if let (Some(key), Some(applied)) = (applied_key, &decision.applied) {
-            self.write(id, key.as_bytes().to_vec(), Some(Store::encode(applied)))?;
+            self.write(id, key.as_bytes().to_vec(), Some(Store::encode(applied)));
         }
         if let Some(update) = &decision.update {
             let payload = self.encode(update)?;
@@ -596,14 +596,9 @@ impl Engine {
         Ok(())
     }
 
-    fn apply_change<T: Serialize>(
-        &mut self,
-        id: TaskId,
-        key: &str,
-        change: Change<T>,
-    ) -> Result<(), Step> {
+    fn apply_change<T: Serialize>(&mut self, id: TaskId, key: &str, change: Change<T>) {
         match change {
-            Change::Keep => Ok(()),
+            Change::Keep => {}
             Change::Put(value) => {
                 self.write(id, key.as_bytes().to_vec(), Some(Store::encode(&value)))
             }
@@ -613,16 +608,30 @@ impl Engine {
 
     // ---- writing ----
 
-    /// A store write: pending in the store, and a changelog record in the transaction.
-    fn write(&mut self, id: TaskId, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), Step> {
-        self.send(
-            Sink::Changelog(id.sub),
-            Some(id.partition),
-            &key,
-            value.as_deref(),
-            None,
-        )?;
+    /// A store write: pending in the store until the commit, which writes the last value of
+    /// each key to the changelog.
+    fn write(&mut self, id: TaskId, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.task(id).store.write(key, value);
+    }
+
+    /// Sends each task's pending store writes to its changelog, in the open transaction: one
+    /// record per key however often it changed since the last commit (a SKU's record changes
+    /// with every order for it), as Kafka Streams' record cache does.
+    fn send_changelogs(&mut self) -> Result<(), EngineError> {
+        for task in self.tasks.values() {
+            let sink = Sink::Changelog(task.id.sub);
+            let topic = self.topics.sink(sink);
+            let mut sent = 0;
+            for (key, value) in task.store.pending() {
+                let mut record = BaseRecord::to(topic).key(key).partition(task.id.partition);
+                if let Some(value) = value {
+                    record = record.payload(value);
+                }
+                self.tx.send(record)?;
+                sent += 1;
+            }
+            self.produced[sink.index()].inc_by(sent);
+        }
         Ok(())
     }
 
@@ -707,6 +716,7 @@ impl Engine {
     /// Commits the transaction, then applies the stores' pending writes; or rolls back.
     fn commit(&mut self, consumer: &BaseConsumer<StreamsContext>) -> Result<(), EngineError> {
         let started = Instant::now();
+        self.send_changelogs()?;
         match self.tx.commit(consumer)? {
             Committed::Nothing => {}
             Committed::Done { changelog_offsets } => {

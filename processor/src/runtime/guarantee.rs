@@ -85,7 +85,9 @@ pub struct DeliveryTracker {
 
 #[derive(Debug, Default)]
 struct Delivered {
-    changelog_offsets: HashMap<(String, i32), i64>,
+    /// (index in `changelogs`, partition, highest offset): a handful, scanned without
+    /// allocating on every delivery.
+    changelog_offsets: Vec<(usize, i32, i64)>,
     failure: Option<String>,
 }
 
@@ -101,10 +103,17 @@ impl ProducerContext for DeliveryTracker {
             .expect("invariant: delivery state lock is never poisoned");
         match result {
             Ok(message) => {
-                if self.changelogs.iter().any(|c| c == message.topic()) {
-                    let key = (message.topic().to_owned(), message.partition());
-                    let offset = state.changelog_offsets.entry(key).or_insert(-1);
-                    *offset = (*offset).max(message.offset());
+                let topic = message.topic();
+                if let Some(changelog) = self.changelogs.iter().position(|c| c == topic) {
+                    let (partition, offset) = (message.partition(), message.offset());
+                    match state
+                        .changelog_offsets
+                        .iter_mut()
+                        .find(|(c, p, _)| (*c, *p) == (changelog, partition))
+                    {
+                        Some((_, _, highest)) => *highest = (*highest).max(offset),
+                        None => state.changelog_offsets.push((changelog, partition, offset)),
+                    }
                 }
             }
             Err((error, message)) => {
@@ -124,6 +133,15 @@ impl DeliveryTracker {
                 .lock()
                 .expect("invariant: delivery state lock is never poisoned"),
         )
+    }
+
+    /// The highest offset written to each changelog partition, by topic name.
+    fn offsets(&self, delivered: &Delivered) -> HashMap<(String, i32), i64> {
+        delivered
+            .changelog_offsets
+            .iter()
+            .map(|&(c, p, o)| ((self.changelogs[c].clone(), p), o))
+            .collect()
     }
 }
 
@@ -294,7 +312,7 @@ impl Transactor {
                 self.consumed.clear();
                 self.in_transaction = false;
                 Ok(Committed::Done {
-                    changelog_offsets: delivered.changelog_offsets,
+                    changelog_offsets: self.tracker().offsets(&delivered),
                 })
             }
         }
@@ -336,7 +354,7 @@ impl Transactor {
                 self.in_transaction = false;
                 let delivered = self.tracker().take();
                 Ok(Committed::Done {
-                    changelog_offsets: delivered.changelog_offsets,
+                    changelog_offsets: self.tracker().offsets(&delivered),
                 })
             }
             Err(KafkaError::Transaction(e)) if !e.is_fatal() => {

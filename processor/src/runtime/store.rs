@@ -193,6 +193,13 @@ impl Store {
         serde_json::to_vec(value).expect("invariant: store values serialize to JSON")
     }
 
+    /// The uncommitted writes, in no particular order (`None` deletes).
+    pub fn pending(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.pending
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+
     /// Whether there are uncommitted writes.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -212,7 +219,12 @@ impl Store {
         // skip list, so sorted keys are much cheaper to insert than hash-map order.
         let mut pending: Vec<_> = self.pending.drain().collect();
         pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut batch = WriteBatch::default();
+        // Sized up front (a tag and two lengths per entry): growing it copies it each time.
+        let bytes: usize = pending
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
+            .sum();
+        let mut batch = WriteBatch::with_capacity_bytes(bytes + 64);
         let mut puts = Vec::new();
         for (key, value) in pending {
             match value {
