@@ -1,7 +1,8 @@
 //! `processor run`, as a function of its config and a shutdown token: checks the services,
-//! prepares the schemas, topics and read-model tables, serves metrics, runs the engine on a
-//! thread of its own and the read model's sync beside it. Any task's failure cancels the root
-//! token, so everything stops together.
+//! prepares the schemas, topics and read-model tables, serves metrics, runs the engine on
+//! `--num-stream-threads` threads of its own (each a member of the consumer group, with its own
+//! transactional producer) and the read model's sync beside them. Any task's failure cancels
+//! the root token, so everything stops together.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::readmodel::postgres::{connect, run_sync};
 use crate::runtime::engine::{EngineConfig, run_engine};
+use crate::runtime::store::SharedMemory;
 use crate::runtime::topics::TopologyTopics;
 
 /// A started processor.
@@ -30,9 +32,9 @@ pub struct Running {
     /// Where /metrics, /health and /ready are served.
     pub metrics_addr: SocketAddr,
     pub metrics: Metrics,
-    /// True once every assigned task is restored.
-    pub ready: Arc<AtomicBool>,
-    engine: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+    /// True once every engine thread has restored its assigned tasks.
+    pub ready: Readiness,
+    engines: Vec<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
     sync: JoinHandle<()>,
     server: JoinHandle<()>,
     shutdown: CancellationToken,
@@ -41,7 +43,15 @@ pub struct Running {
 impl Running {
     /// Waits until the processor stops (after `shutdown`, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
-        let result = self.engine.await.context("the engine thread panicked")?;
+        // Every engine thread stops (the first failure cancels the others); the first error is
+        // the one reported.
+        let mut result = Ok(());
+        for engine in self.engines {
+            let ended = engine.await.context("an engine thread panicked")?;
+            if result.is_ok() {
+                result = ended;
+            }
+        }
         self.shutdown.cancel();
         // The engine has dropped its end of the sync's channel: the sync writes what is left.
         self.sync.await.context("the read-model sync panicked")?;
@@ -79,12 +89,17 @@ pub async fn start(
     let state_dir = args.app.state_dir.join(&args.app.application_id);
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-    let lock = lock_state_dir(&state_dir)?;
+    let lock = Arc::new(lock_state_dir(&state_dir)?);
     let instance_id = instance_id(&state_dir)?;
 
     let metrics = Metrics::new(prometheus::Registry::new());
     metrics.initialize_labels(&topology_topics.sources());
-    let ready = Arc::new(AtomicBool::new(false));
+    let threads = usize::from(args.num_stream_threads);
+    let ready = Readiness(
+        (0..threads)
+            .map(|_| Arc::new(AtomicBool::new(false)))
+            .collect(),
+    );
     let (metrics_addr, server) = serve_metrics(
         args.metrics_addr,
         metrics.clone(),
@@ -100,23 +115,35 @@ pub async fn start(
         commit_interval: args.commit_interval(),
         state_dir,
         client,
-        instance_id,
-        cache_bytes: (args.cache_mb << 20) as usize,
+        instance_id: instance_id.clone(),
+        memory: SharedMemory::new((args.cache_mb << 20) as usize),
     };
-    // The engine gets a thread of its own (not a blocking-pool task, which a runtime would wait
-    // for on shutdown); its result comes back on a channel.
     let (sync_sender, changes) = tokio::sync::mpsc::unbounded_channel();
     let sync = tokio::spawn(run_sync(pool, changes, args.sync_interval, metrics.clone()));
-    let (done, engine) = tokio::sync::oneshot::channel();
-    {
-        let (metrics, ready, shutdown) = (metrics.clone(), ready.clone(), shutdown.clone());
+    // Each engine gets a thread of its own (not a blocking-pool task, which a runtime would
+    // wait for on shutdown); its result comes back on a channel.
+    let mut engines = Vec::with_capacity(threads);
+    for (thread, ready) in ready.0.iter().enumerate() {
+        let mut config = config.clone();
+        if thread > 0 {
+            // Thread 0 keeps the instance's own transactional id, so one thread is unchanged.
+            config.instance_id = format!("{instance_id}-{thread}");
+        }
+        let (done, engine) = tokio::sync::oneshot::channel();
+        let (topics, codec, metrics) = (topology_topics.clone(), codec.clone(), metrics.clone());
+        let (ready, sync_sender, shutdown, lock) = (
+            ready.clone(),
+            sync_sender.clone(),
+            shutdown.clone(),
+            lock.clone(),
+        );
         std::thread::Builder::new()
-            .name("stockflow-engine".to_owned())
+            .name(format!("engine-{thread}"))
             .spawn(move || {
                 let _lock = lock;
                 let result = run_engine(
                     config,
-                    topology_topics,
+                    topics,
                     codec,
                     metrics,
                     ready,
@@ -126,17 +153,29 @@ pub async fn start(
                 shutdown.cancel();
                 let _ = done.send(result.map_err(anyhow::Error::from));
             })
-            .context("cannot start the engine thread")?;
+            .context("cannot start an engine thread")?;
+        engines.push(engine);
     }
+    drop(sync_sender); // the sync ends once every engine has dropped its sender
     Ok(Running {
         metrics_addr,
         metrics,
         ready,
-        engine,
+        engines,
         sync,
         server,
         shutdown,
     })
+}
+
+/// Whether every engine thread has its assigned tasks restored (what /ready answers).
+#[derive(Debug, Clone)]
+pub struct Readiness(Vec<Arc<AtomicBool>>);
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.iter().all(|r| r.load(Ordering::Acquire))
+    }
 }
 
 /// One process per state directory: a second one would corrupt the stores.
@@ -174,7 +213,7 @@ fn instance_id(dir: &Path) -> anyhow::Result<String> {
 async fn serve_metrics(
     addr: SocketAddr,
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let app = Router::new()
@@ -189,7 +228,7 @@ async fn serve_metrics(
         .route(
             "/ready",
             get(move || {
-                let is_ready = ready.load(Ordering::Acquire);
+                let is_ready = ready.is_ready();
                 async move {
                     if is_ready {
                         (StatusCode::OK, "ready")

@@ -101,6 +101,11 @@ pub struct RunArgs {
     #[arg(long, env = "STOCKFLOW_CACHE_MB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(8..))]
     pub cache_mb: u64,
 
+    /// Engine threads, each with its own consumer and transactional producer, sharing the
+    /// tasks (Kafka Streams' num.stream.threads). One thread commits while another processes.
+    #[arg(long, env = "STOCKFLOW_NUM_STREAM_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub num_stream_threads: u16,
+
     /// How often each task syncs its changed rows to PostgreSQL, e.g. 1s or 500ms.
     #[arg(long, env = "STOCKFLOW_SYNC_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sync_interval: Duration,

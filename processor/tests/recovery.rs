@@ -25,10 +25,16 @@ struct ProcessorChild {
 }
 
 fn spawn(world: &World, state_dir: &std::path::Path) -> ProcessorChild {
+    spawn_with(world, state_dir, &[])
+}
+
+fn spawn_with(world: &World, state_dir: &std::path::Path, extra: &[&str]) -> ProcessorChild {
     let metrics = free_addr();
+    // A dead instance is noticed after 6 s instead of 45 s.
+    let mut args = vec!["-X", "session.timeout.ms=6000"];
+    args.extend_from_slice(extra);
     let child = Command::new(env!("CARGO_BIN_EXE_processor"))
-        // A dead instance is noticed after 6 s instead of 45 s.
-        .args(world.child_args(state_dir, metrics, &["-X", "session.timeout.ms=6000"]))
+        .args(world.child_args(state_dir, metrics, &args))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -184,7 +190,7 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
 }
 
 #[tokio::test]
-async fn two_instances_share_the_work_and_survive_one_dying() {
+async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying() {
     let world = World::new("scale-out").await;
     let synthetic = 40;
     world.seed(synthetic, 400).await;
@@ -193,7 +199,9 @@ async fn two_instances_share_the_work_and_survive_one_dying() {
         tempfile::tempdir().expect("state dir"),
     );
 
-    let a = spawn(&world, state_a.path());
+    // a runs two engine threads, so three group members share the tasks, and when b dies its
+    // tasks move to a's threads.
+    let a = spawn_with(&world, state_a.path(), &["--num-stream-threads", "2"]);
     wait_ready(&a, MINUTE).await;
     let b = spawn(&world, state_b.path());
     let summary = world

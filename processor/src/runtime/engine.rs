@@ -63,9 +63,10 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     /// Bootstrap servers and pass-through librdkafka properties.
     pub client: ClientConfig,
-    /// Stable per state directory; names the transactional producer.
+    /// Stable per state directory and engine thread; names the transactional producer.
     pub instance_id: String,
-    pub cache_bytes: usize,
+    /// The RocksDB memory every store of the process shares.
+    pub memory: SharedMemory,
 }
 
 /// Why the engine stopped.
@@ -240,7 +241,7 @@ pub fn run_engine(
             .with_label_values(&[topics.sink(sink)])
     });
     let engine = Arc::new(Mutex::new(Engine {
-        memory: SharedMemory::new(config.cache_bytes),
+        memory: config.memory.clone(),
         consumed: HashMap::new(),
         produced,
         tasks: BTreeMap::new(),
@@ -799,6 +800,7 @@ impl Engine {
         let revoked = self.task_ids(partitions);
         for id in revoked {
             if let Some(mut task) = self.tasks.remove(&id) {
+                self.metrics.assigned_tasks.dec();
                 task.state = task.state.advance(TaskState::Closed);
                 if let Err(error) = task.store.flush() {
                     tracing::warn!(task = %id, %error, "flush on close failed");
@@ -806,7 +808,6 @@ impl Engine {
                 tracing::info!(task = %id, "task closed");
             }
         }
-        self.metrics.assigned_tasks.set(self.tasks.len() as i64);
     }
 
     /// The tasks that `partitions` belong to, each once.
@@ -840,6 +841,7 @@ impl Engine {
             match self.open_task(id) {
                 Ok(task) => {
                     self.tasks.insert(id, task);
+                    self.metrics.assigned_tasks.inc();
                 }
                 Err(error) => {
                     self.fatal.get_or_insert(error);
@@ -847,7 +849,6 @@ impl Engine {
                 }
             }
         }
-        self.metrics.assigned_tasks.set(self.tasks.len() as i64);
         self.ready.store(true, Ordering::Release);
     }
 
@@ -893,11 +894,11 @@ impl Engine {
 
     fn close_all(&mut self) {
         for (id, task) in std::mem::take(&mut self.tasks) {
+            self.metrics.assigned_tasks.dec();
             if let Err(error) = task.store.flush() {
                 tracing::warn!(task = %id, %error, "flush on close failed");
             }
         }
-        self.metrics.assigned_tasks.set(0);
     }
 
     fn update_memory_metrics(&self) {
