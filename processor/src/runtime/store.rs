@@ -1,7 +1,8 @@
 //! A task's state store: RocksDB for what is committed, an in-memory batch for what is not.
 //!
-//! Writes go to the pending batch (and, through the engine, to the store's changelog topic in
-//! the same Kafka transaction as the outputs). Reads see the pending batch first. When the
+//! Writes go to the pending batch; at commit the engine sends the last value of each key to the
+//! store's changelog topic, in the same Kafka transaction as the outputs. Reads see the pending
+//! batch first. When the
 //! transaction commits, [`Store::commit`] applies the batch to RocksDB in one atomic
 //! `WriteBatch` together with the changelog offset it reaches; when it aborts,
 //! [`Store::rollback`] drops it. RocksDB therefore only ever holds committed state, tagged with
@@ -302,6 +303,26 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_holds_the_last_write_of_each_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), &SharedMemory::new(8 << 20)).expect("opens");
+        store.write(b"a".to_vec(), Some(b"1".to_vec()));
+        store.write(b"a".to_vec(), Some(b"2".to_vec()));
+        store.write(b"b".to_vec(), Some(b"3".to_vec()));
+        store.write(b"b".to_vec(), None);
+        let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = store
+            .pending()
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        pending.sort();
+        assert_eq!(
+            pending,
+            vec![(b"a".to_vec(), Some(b"2".to_vec())), (b"b".to_vec(), None)],
+            "one changelog record per key: its last value, or a tombstone"
+        );
+    }
 
     #[test]
     fn reads_see_pending_writes_and_only_commit_persists_them() {
