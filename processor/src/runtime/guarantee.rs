@@ -1,11 +1,12 @@
 //! The delivery guarantee, in one place.
 //!
-//! **exactly_once_v2** (the default). One transactional producer per instance; its
-//! `transactional.id` is `<application.id>-<instance id>`, stable across restarts of the same
-//! state directory, so a restarted instance fences its predecessor and aborts whatever that one
-//! left open. Every record consumed since the last commit is processed inside one transaction
-//! that holds all its outputs (external topics, repartition topics, the dead-letter topic), all
-//! its store writes (as changelog records), and, through `send_offsets_to_transaction` with the
+//! **exactly_once_v2** (the default). One transactional producer per engine thread; its
+//! `transactional.id` is `<application.id>-<instance id>` (with `-<n>` for thread n > 0),
+//! stable across restarts of the same state directory, so a restarted instance fences its
+//! predecessor and aborts whatever that one left open. Every record consumed since the last
+//! commit is processed inside one transaction that holds all its outputs (external topics,
+//! repartition topics, the dead-letter topic), its store writes (the last value of each key,
+//! sent as changelog records when it commits), and, through `send_offsets_to_transaction` with the
 //! consumer's group metadata, the input offsets. Every `commit.interval.ms` the transaction
 //! commits; only then are the stores' pending writes applied to RocksDB, in one `WriteBatch`
 //! per store together with the changelog offset they reach. So:
