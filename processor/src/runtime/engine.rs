@@ -725,9 +725,7 @@ impl Engine {
                 let in_kafka = committed_at - started;
                 for task in self.tasks.values_mut() {
                     let changelog = self.topics.changelog(task.id.sub);
-                    let offset = changelog_offsets
-                        .get(&(changelog.to_owned(), task.id.partition))
-                        .copied();
+                    let offset = changelog_offsets.get(changelog, task.id.partition);
                     if !task.store.has_pending() && offset.is_none() {
                         continue;
                     }

@@ -86,10 +86,33 @@ pub struct DeliveryTracker {
 
 #[derive(Debug, Default)]
 struct Delivered {
-    /// (index in `changelogs`, partition, highest offset): a handful, scanned without
-    /// allocating on every delivery.
-    changelog_offsets: Vec<(usize, i32, i64)>,
+    changelog_offsets: ChangelogOffsets,
     failure: Option<String>,
+}
+
+/// The highest offset written to each changelog partition: a handful of entries, scanned
+/// (a delivery report allocates nothing once its partition is known).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangelogOffsets(Vec<(String, i32, i64)>);
+
+impl ChangelogOffsets {
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0
+            .iter()
+            .find(|(t, p, _)| t == topic && *p == partition)
+            .map(|&(_, _, offset)| offset)
+    }
+
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(t, p, _)| t == topic && *p == partition)
+        {
+            Some((_, _, highest)) => *highest = (*highest).max(offset),
+            None => self.0.push((topic.to_owned(), partition, offset)),
+        }
+    }
 }
 
 impl ClientContext for DeliveryTracker {}
@@ -105,16 +128,10 @@ impl ProducerContext for DeliveryTracker {
         match result {
             Ok(message) => {
                 let topic = message.topic();
-                if let Some(changelog) = self.changelogs.iter().position(|c| c == topic) {
-                    let (partition, offset) = (message.partition(), message.offset());
-                    match state
+                if self.changelogs.iter().any(|c| c == topic) {
+                    state
                         .changelog_offsets
-                        .iter_mut()
-                        .find(|(c, p, _)| (*c, *p) == (changelog, partition))
-                    {
-                        Some((_, _, highest)) => *highest = (*highest).max(offset),
-                        None => state.changelog_offsets.push((changelog, partition, offset)),
-                    }
+                        .record(topic, message.partition(), message.offset());
                 }
             }
             Err((error, message)) => {
@@ -135,15 +152,6 @@ impl DeliveryTracker {
                 .expect("invariant: delivery state lock is never poisoned"),
         )
     }
-
-    /// The highest offset written to each changelog partition, by topic name.
-    fn offsets(&self, delivered: &Delivered) -> HashMap<(String, i32), i64> {
-        delivered
-            .changelog_offsets
-            .iter()
-            .map(|&(c, p, o)| ((self.changelogs[c].clone(), p), o))
-            .collect()
-    }
 }
 
 /// What a commit attempt ended in.
@@ -152,9 +160,7 @@ pub enum Committed {
     /// Nothing was consumed since the last commit.
     Nothing,
     /// Committed: apply these changelog offsets to the stores.
-    Done {
-        changelog_offsets: HashMap<(String, i32), i64>,
-    },
+    Done { changelog_offsets: ChangelogOffsets },
     /// Rolled back (the reason); the stores must drop their pending writes and the
     /// partitions must be rewound with [`Transactor::rewind`].
     Aborted(String),
@@ -313,7 +319,7 @@ impl Transactor {
                 self.consumed.clear();
                 self.in_transaction = false;
                 Ok(Committed::Done {
-                    changelog_offsets: self.tracker().offsets(&delivered),
+                    changelog_offsets: delivered.changelog_offsets,
                 })
             }
         }
@@ -355,7 +361,7 @@ impl Transactor {
                 self.in_transaction = false;
                 let delivered = self.tracker().take();
                 Ok(Committed::Done {
-                    changelog_offsets: self.tracker().offsets(&delivered),
+                    changelog_offsets: delivered.changelog_offsets,
                 })
             }
             Err(KafkaError::Transaction(e)) if !e.is_fatal() => {
