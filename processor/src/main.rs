@@ -1,9 +1,15 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use mimalloc::MiMalloc;
 use processor::cli::{Cli, Command};
 use schemas::cli::run_schemas_command;
 use schemas::process::{exit_code, init_tracing, shutdown_on_signals};
+
+/// The engine allocates and frees small buffers for every record (keys, store values, Avro
+/// and Kafka payloads); mimalloc serves them several times faster than glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: MiMalloc = MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use schemas::RejectionReason;
 
+use crate::runtime::format;
 use crate::runtime::store::Entries;
 use crate::runtime::task::{SubTopology, TaskId};
 use crate::topology::inventory::SkuRecord;
@@ -172,8 +173,7 @@ impl Pending {
         let key = std::str::from_utf8(key).map_err(|e| e.to_string())?;
         match sub {
             SubTopology::Orders => {
-                let record: OrderRecord =
-                    serde_json::from_slice(value).map_err(|e| e.to_string())?;
+                let record: OrderRecord = format::decode(value).map_err(|e| e.to_string())?;
                 if matches!(record.status, OrderStatus::Pending { .. }) {
                     return Ok(()); // the read model shows decided orders only
                 }
@@ -192,7 +192,7 @@ impl Pending {
                 let Some(sku) = key.strip_prefix(SKU_PREFIX) else {
                     return Ok(()); // not a row the read model shows
                 };
-                let record: SkuRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
+                let record: SkuRecord = format::decode(value).map_err(|e| e.to_string())?;
                 let row = InventoryRow {
                     sku: sku.to_owned(),
                     record,

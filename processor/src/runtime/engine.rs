@@ -25,6 +25,7 @@ use schemas::{
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::format;
 use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transactor};
 use super::restore::{RestoreError, restore};
 use super::store::{SharedMemory, Store, StoreError};
@@ -423,19 +424,18 @@ impl Engine {
             Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
         };
         let order_id = order.order_id.clone();
-        let existing: Option<OrderRecord> = self.task(id).store.get_json(&order_id)?;
+        let existing: Option<OrderRecord> = self.task(id).store.get_value(&order_id)?;
         let decision = order::on_order_created(existing.as_ref(), order, now_millis());
         self.apply_order(id, &order_id, decision)
     }
 
     fn on_line_result(&mut self, id: TaskId, message: &BorrowedMessage<'_>) -> Result<(), Step> {
-        let result: LineResult = match serde_json::from_slice(message.payload().unwrap_or_default())
-        {
+        let result: LineResult = match format::decode(message.payload().unwrap_or_default()) {
             Ok(result) => result,
             Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
         };
         let order_id = result.order_id.clone();
-        let existing: Option<OrderRecord> = self.task(id).store.get_json(&order_id)?;
+        let existing: Option<OrderRecord> = self.task(id).store.get_value(&order_id)?;
         let decision = order::on_line_result(existing, result, now_millis());
         self.apply_order(id, &order_id, decision)
     }
@@ -462,7 +462,7 @@ impl Engine {
                 reply_partition: id.partition,
                 command,
             };
-            let payload = serde_json::to_vec(&envelope).expect("invariant: commands serialize");
+            let payload = format::encode(&envelope);
             self.send(Sink::OrderLines, None, sku.as_bytes(), Some(&payload), None)?;
         }
         match decision.outcome {
@@ -512,20 +512,20 @@ impl Engine {
     // ---- sub-topology B: inventory ----
 
     fn on_line_command(&mut self, id: TaskId, message: &BorrowedMessage<'_>) -> Result<(), Step> {
-        let envelope: CommandEnvelope =
-            match serde_json::from_slice(message.payload().unwrap_or_default()) {
-                Ok(envelope) => envelope,
-                Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
-            };
+        let envelope: CommandEnvelope = match format::decode(message.payload().unwrap_or_default())
+        {
+            Ok(envelope) => envelope,
+            Err(error) => return self.dead_letter(message, "undecodable", &error.to_string()),
+        };
         let (order_id, line) = match &envelope.command {
             LineCommand::Reserve { order_id, line, .. }
             | LineCommand::Release { order_id, line, .. } => (order_id.clone(), *line),
         };
         let sku = envelope.command.sku().to_owned();
         let store = &self.task(id).store;
-        let sku_record = store.get_json::<inventory::SkuRecord>(&keys::sku(&sku))?;
+        let sku_record = store.get_value::<inventory::SkuRecord>(&keys::sku(&sku))?;
         let reservation =
-            store.get_json::<inventory::Reservation>(&keys::reservation(&order_id, line))?;
+            store.get_value::<inventory::Reservation>(&keys::reservation(&order_id, line))?;
         let decision = inventory::on_command(
             sku_record.as_ref(),
             reservation.as_ref(),
@@ -533,7 +533,7 @@ impl Engine {
             now_millis(),
         );
         if let Some(result) = &decision.result {
-            let payload = serde_json::to_vec(result).expect("invariant: results serialize");
+            let payload = format::encode(result);
             self.send(
                 Sink::LineResults,
                 Some(envelope.reply_partition),
@@ -554,7 +554,7 @@ impl Engine {
         let sku = adjustment.sku.clone();
         let applied_key = keys::adjustment(&adjustment.adjustment_id);
         let store = &self.task(id).store;
-        let sku_record = store.get_json::<inventory::SkuRecord>(&keys::sku(&sku))?;
+        let sku_record = store.get_value::<inventory::SkuRecord>(&keys::sku(&sku))?;
         let already_applied = store.get(applied_key.as_bytes())?.is_some();
         let decision = inventory::on_adjustment(
             sku_record.as_ref(),

@@ -21,6 +21,8 @@ use rocksdb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::format;
+
 const META: &str = "meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog-offset";
 
@@ -172,11 +174,11 @@ impl Store {
         self.db.get(key).map_err(|e| self.rocks(e))
     }
 
-    /// The JSON value under `key`.
-    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+    /// The value under `key`, decoded (see [`format`]).
+    pub fn get_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         self.get(key.as_bytes())?
             .map(|bytes| {
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                format::decode(&bytes).map_err(|e| StoreError::Corrupt {
                     key: key.to_owned(),
                     reason: e.to_string(),
                 })
@@ -189,9 +191,9 @@ impl Store {
         self.pending.insert(key, value);
     }
 
-    /// Serializes `value` as the store and changelog both hold it.
+    /// Serializes `value` as the store and changelog both hold it (see [`format`]).
     pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-        serde_json::to_vec(value).expect("invariant: store values serialize to JSON")
+        format::encode(value)
     }
 
     /// The uncommitted writes, in no particular order (`None` deletes).

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// A command from an order task to the inventory task that owns `sku` (key: sku).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LineCommand {
     /// Take `quantity` of `sku` for line `line` of `order_id`, if there is enough.
     Reserve {
@@ -55,7 +55,7 @@ pub struct LineResult {
 
 /// The outcome of a reserve command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LineOutcome {
     Reserved,
     Insufficient { available: i64 },

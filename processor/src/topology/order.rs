@@ -25,7 +25,7 @@ pub struct OrderRecord {
 
 /// Where an order stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Waiting for a result per line (`None` until it arrives).
     Pending {

@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use processor::app::Running;
 use processor::cli::RunArgs;
+use processor::runtime::format;
 use processor::runtime::task::SubTopology;
 use processor::runtime::topics::TopologyTopics;
 use processor::topology::inventory::{SkuRecord, keys};
@@ -447,7 +448,7 @@ impl World {
                 continue;
             };
             let value: SkuRecord =
-                serde_json::from_slice(&record.payload.expect("sku records are never deleted"))
+                format::decode(&record.payload.expect("sku records are never deleted"))
                     .expect("a sku record");
             stock.insert(sku.to_owned(), (value.available, value.reserved));
         }
