@@ -11,12 +11,17 @@
 //! Once a subject has given this binary's schema its id, records are written straight with
 //! `apache_avro`'s schema-aware serializer and a writer built once per contract (the
 //! converter rebuilds its schema resolution on every call, which made encoding the largest
-//! single cost of the processor's hot path).
+//! single cost of the processor's hot path). Likewise, once the converter has decoded a record
+//! whose writer schema is this binary's contract, later records with that schema id are read
+//! straight into the type by a reader built once per contract; records written with any
+//! other schema (an older or newer version) keep going through the converter, which resolves
+//! them against it.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 
 use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
@@ -80,6 +85,19 @@ struct Subject {
     with_schema: SubjectNameStrategy,
     schema: &'static Schema,
     resolved: OnceLock<Resolved>,
+    /// Reads a record written with this binary's schema straight into the type.
+    reader: GenericDatumReader<'static>,
+    /// The schema ids known to name exactly this binary's schema: read by `reader`.
+    own_ids: RwLock<Vec<u32>>,
+}
+
+impl Subject {
+    fn reads(&self, id: u32) -> bool {
+        self.own_ids
+            .read()
+            .expect("invariant: no panic while holding the lock")
+            .contains(&id)
+    }
 }
 
 /// A contract's schema id under its subject, and a writer for the schema.
@@ -118,6 +136,10 @@ impl Codec {
                     ),
                     schema: parsed,
                     resolved: OnceLock::new(),
+                    reader: GenericDatumReader::builder(parsed)
+                        .build()
+                        .expect("invariant: a parsed contract resolves"),
+                    own_ids: RwLock::default(),
                 };
                 (*role, subject)
             })
@@ -173,6 +195,18 @@ impl Codec {
 
     /// Decodes a Confluent-framed record that must be a `C`.
     pub async fn decode<C: Contract>(&self, bytes: &[u8]) -> Result<C, CodecError> {
+        let subject = &self.subjects[&C::TOPIC];
+        let undecodable =
+            |e: apache_avro::Error| CodecError::Undecodable(format!("{} body: {e}", C::FULL_NAME));
+        let id = schema_id(bytes);
+        if let Some(id) = id
+            && subject.reads(id)
+        {
+            return subject
+                .reader
+                .read_deser(&mut &bytes[5..])
+                .map_err(undecodable);
+        }
         let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
             if e.retriable {
                 CodecError::RegistryUnavailable(e)
@@ -190,8 +224,28 @@ impl Codec {
                 found,
             });
         }
-        apache_avro::from_value::<C>(&decoded.value)
-            .map_err(|e| CodecError::Undecodable(format!("{} body: {e}", C::FULL_NAME)))
+        let value = apache_avro::from_value::<C>(&decoded.value).map_err(undecodable)?;
+        // The converter has the writer's schema now: if it is this binary's, the next records
+        // with its id take the direct path.
+        if let Some(id) = id
+            && let Ok(writer) = self.decoder.get_schema(id).await
+            && writer.parsed.canonical_form() == subject.schema.canonical_form()
+        {
+            subject
+                .own_ids
+                .write()
+                .expect("invariant: no panic while holding the lock")
+                .push(id);
+        }
+        Ok(value)
+    }
+}
+
+/// The schema id of a Confluent-framed record (magic byte 0, then 4 bytes big-endian).
+fn schema_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
     }
 }
 

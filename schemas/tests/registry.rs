@@ -25,6 +25,13 @@ async fn round_trip<C: Contract + PartialEq + std::fmt::Debug>(
     );
     let back: C = codec.decode(&bytes).await.expect("decodes");
     assert_eq!(back, value);
+    // The first record of a schema id is decoded by the converter, the next ones (the id now
+    // known to be this binary's schema) by the codec's own reader: both must read the value.
+    let back: C = codec.decode(&bytes).await.expect("decodes again");
+    assert_eq!(
+        back, value,
+        "the codec's reader reads what the converter read"
+    );
     // The first record of a contract goes through the converter (which registers the schema),
     // the next ones through the codec's own writer: both must frame the same bytes.
     let again = codec.encode(&value).await.expect("encodes again");
@@ -105,16 +112,27 @@ async fn bad_bytes_and_other_contracts_are_poison() {
         other => panic!("expected a wrong-contract error, got {other:?}"),
     }
 
-    // A truncated body of a known schema.
-    let mut truncated = codec
+    // A truncated body of a known schema, through the converter and then (the id known to be
+    // this binary's schema once a whole record was decoded) through the codec's own reader.
+    let whole = codec
         .encode(&samples::order_created())
         .await
         .expect("encodes");
+    let mut truncated = whole.clone();
     truncated.truncate(9);
     let error = codec
         .decode::<OrderCreated>(&truncated)
         .await
         .expect_err("truncated");
+    assert!(error.is_poison(), "{error}");
+    codec
+        .decode::<OrderCreated>(&whole)
+        .await
+        .expect("a whole record decodes");
+    let error = codec
+        .decode::<OrderCreated>(&truncated)
+        .await
+        .expect_err("truncated, read directly");
     assert!(error.is_poison(), "{error}");
 }
 
