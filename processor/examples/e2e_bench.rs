@@ -62,7 +62,17 @@ struct Args {
     /// `--processor-arg=-Xlinger.ms=20` (repeatable; for comparing settings in one run).
     #[arg(long = "processor-arg", value_name = "ARG", allow_hyphen_values = true)]
     processor_args: Vec<String>,
+    /// Start each throughput run's processor first and publish the orders once it is ready;
+    /// the clock then starts when the last order is published, and only the orders decided
+    /// after that count. For several engine threads: the local broker has no initial
+    /// rebalance delay, so with pre-published orders the first thread decides many of them
+    /// alone before the others join.
+    #[arg(long)]
+    publish_after_ready: bool,
 }
+
+/// `--publish-after-ready`.
+static PUBLISH_AFTER_READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 struct Row {
     name: String,
@@ -375,7 +385,12 @@ async fn throughput(
     let app = format!("{prefix}app");
     let connection = connection(&prefix, bootstrap, registry);
     seed(&connection).await;
-    let summary = publish(&connection, orders, lines_max, 0, 42).await;
+    let publish_after_ready = PUBLISH_AFTER_READY.get().copied().unwrap_or(false);
+    let summary = if publish_after_ready {
+        None
+    } else {
+        Some(publish(&connection, orders, lines_max, 0, 42).await)
+    };
     let state = tempfile::tempdir().expect("state dir");
     let launched = Instant::now();
     let mut processor = start_processor(&prefix, &app, state.path(), guarantee);
@@ -387,6 +402,10 @@ async fn throughput(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let startup = launched.elapsed().as_secs_f64();
+    let summary = match summary {
+        Some(summary) => summary,
+        None => publish(&connection, orders, lines_max, 0, 42).await,
+    };
     let started = Instant::now();
     let ticks = machine_ticks();
     let stack_before = StackCpu::now();
@@ -900,6 +919,9 @@ fn stack_column(cpu: Option<StackCpu>, figure: impl Fn(&StackCpu) -> f64) -> Str
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    PUBLISH_AFTER_READY
+        .set(args.publish_after_ready)
+        .expect("set once");
     PROCESSOR_ARGS
         .set(args.processor_args.clone())
         .expect("set once");
@@ -914,6 +936,11 @@ async fn main() {
     );
     if !args.processor_args.is_empty() {
         println!("Processor arguments: {}", args.processor_args.join(" "));
+    }
+    if args.publish_after_ready {
+        println!(
+            "Orders published once each processor is ready; the clock starts at the last one."
+        );
     }
 
     let base = baseline(n, &bootstrap, &registry).await;
