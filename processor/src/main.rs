@@ -7,7 +7,7 @@ use schemas::cli::run_schemas_command;
 use schemas::process::{exit_code, init_tracing, shutdown_on_signals};
 
 /// The engine allocates and frees small buffers for every record (keys, store values, Avro
-/// and Kafka payloads); mimalloc serves them several times faster than glibc's allocator.
+/// and Kafka payloads); with glibc's allocator, `malloc` and `free` were 13% of its time.
 #[global_allocator]
 static ALLOCATOR: MiMalloc = MiMalloc;
 
