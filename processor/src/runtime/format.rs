@@ -36,8 +36,9 @@ pub enum FormatError {
 
 /// Encodes `value`.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_extend(value, vec![VERSION])
-        .expect("invariant: internal records serialize (postcard refuses only sequences of unknown length)")
+    postcard::to_extend(value, vec![VERSION]).expect(
+        "invariant: internal records serialize (postcard refuses only sequences of unknown length)",
+    )
 }
 
 /// Decodes what [`encode`] wrote.
