@@ -18,6 +18,9 @@ const BATCH: usize = 10_000;
 /// How long a restore may wait for the changelog's end without progress (a transaction left
 /// open by a dead instance holds it back until the broker aborts it).
 const STALL_LIMIT: Duration = Duration::from_secs(120);
+/// How long a changelog may stay unknown to the restore's new client: another instance (or
+/// engine thread) may have created it a moment ago, and the broker's metadata lags.
+const UNKNOWN_LIMIT: Duration = Duration::from_secs(10);
 
 /// Why a restore failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,34 @@ pub struct Restored {
     pub wiped: bool,
 }
 
+/// The changelog partition's low and high watermarks, waiting up to [`UNKNOWN_LIMIT`] for a
+/// just-created changelog to appear in the metadata.
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + UNKNOWN_LIMIT;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+            Err(e)
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::UnknownPartition
+                            | RDKafkaErrorCode::UnknownTopicOrPartition
+                            | RDKafkaErrorCode::UnknownTopic
+                    )
+                ) && Instant::now() < deadline =>
+            {
+                tracing::debug!(topic, partition, error = %e, "changelog not in the metadata yet");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Replays `topic[partition]` from just after the store's offset to the current end.
 pub fn restore(
     config: &ClientConfig,
@@ -90,9 +121,7 @@ pub fn restore(
         .set("fetch.wait.max.ms", "10")
         .create_with_context(RestoreContext)
         .map_err(kafka)?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .map_err(kafka)?;
+    let (low, high) = watermarks(&consumer, topic, partition).map_err(kafka)?;
     let mut store = store;
     let mut restored = Restored::default();
     let mut from = store.changelog_offset().map_or(0, |o| o + 1);
