@@ -87,16 +87,21 @@ struct Subject {
     resolved: OnceLock<Resolved>,
     /// Reads a record written with this binary's schema straight into the type.
     reader: GenericDatumReader<'static>,
-    /// The schema ids known to name exactly this binary's schema: read by `reader`.
-    own_ids: RwLock<Vec<u32>>,
+    /// The schema's Parsing Canonical Form, to recognise it under any id.
+    canonical: String,
+    /// Schema ids already checked, and whether each names exactly this binary's schema (read
+    /// by `reader`) or another version (resolved by the converter).
+    checked_ids: RwLock<HashMap<u32, bool>>,
 }
 
 impl Subject {
-    fn reads(&self, id: u32) -> bool {
-        self.own_ids
+    /// Whether `id` names this binary's schema; `None` until a record with it was decoded.
+    fn is_own(&self, id: u32) -> Option<bool> {
+        self.checked_ids
             .read()
             .expect("invariant: no panic while holding the lock")
-            .contains(&id)
+            .get(&id)
+            .copied()
     }
 }
 
@@ -139,7 +144,8 @@ impl Codec {
                     reader: GenericDatumReader::builder(parsed)
                         .build()
                         .expect("invariant: a parsed contract resolves"),
-                    own_ids: RwLock::default(),
+                    canonical: parsed.canonical_form(),
+                    checked_ids: RwLock::default(),
                 };
                 (*role, subject)
             })
@@ -200,7 +206,7 @@ impl Codec {
             |e: apache_avro::Error| CodecError::Undecodable(format!("{} body: {e}", C::FULL_NAME));
         let id = schema_id(bytes);
         if let Some(id) = id
-            && subject.reads(id)
+            && subject.is_own(id) == Some(true)
         {
             return subject
                 .reader
@@ -226,16 +232,17 @@ impl Codec {
         }
         let value = apache_avro::from_value::<C>(&decoded.value).map_err(undecodable)?;
         // The converter has the writer's schema now: if it is this binary's, the next records
-        // with its id take the direct path.
+        // with its id take the direct path. Either way the id is compared only once.
         if let Some(id) = id
+            && subject.is_own(id).is_none()
             && let Ok(writer) = self.decoder.get_schema(id).await
-            && writer.parsed.canonical_form() == subject.schema.canonical_form()
         {
+            let own = writer.parsed.canonical_form() == subject.canonical;
             subject
-                .own_ids
+                .checked_ids
                 .write()
                 .expect("invariant: no panic while holding the lock")
-                .push(id);
+                .insert(id, own);
         }
         Ok(value)
     }
