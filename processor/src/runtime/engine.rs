@@ -43,6 +43,13 @@ const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// Records processed between two servings of the producer's delivery reports.
 const DELIVERY_POLL_EVERY: u32 = 64;
 
+/// While a commit waits for the broker's acknowledgements, records processed between two
+/// checks whether they have all arrived.
+const DELIVERY_CHECK_EVERY: u32 = 8;
+
+/// Outputs held while a commit is in progress, at most: beyond, the engine waits for it.
+const OUTBOX_LIMIT: usize = 100_000;
+
 /// How long the consumer waits for records when no transaction is open.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
@@ -108,6 +115,17 @@ pub struct CommandEnvelope {
     pub command: LineCommand,
 }
 
+/// An output held while a commit is in progress, sent once it has finished (see
+/// [`Transactor`]).
+#[derive(Debug)]
+struct Output {
+    sink: Sink,
+    partition: Option<i32>,
+    key: Vec<u8>,
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+}
+
 /// A task with its store.
 #[derive(Debug)]
 struct Task {
@@ -122,6 +140,10 @@ pub struct Engine {
     topics: TopologyTopics,
     tasks: BTreeMap<TaskId, Task>,
     tx: Transactor,
+    /// Outputs of records processed while a commit is in progress.
+    outbox: Vec<Output>,
+    /// When the commit in progress (or the last one) started.
+    commit_started: Instant,
     codec: Arc<Codec>,
     runtime: tokio::runtime::Runtime,
     memory: SharedMemory,
@@ -248,6 +270,8 @@ pub fn run_engine(
         tasks: BTreeMap::new(),
         topics: topics.clone(),
         tx,
+        outbox: Vec::new(),
+        commit_started: Instant::now(),
         codec,
         runtime,
         metrics: metrics.clone(),
@@ -314,22 +338,41 @@ fn run_loop(
             Some(Err(error)) => tracing::warn!(%error, "consumer error"),
             None => {}
         }
-        // Delivery reports arrive in batches: serving them after every record only costs
-        // clock reads and empty queue checks.
         unserved += 1;
-        if idle || unserved >= DELIVERY_POLL_EVERY {
-            engine.tx.poll();
-            unserved = 0;
+        if engine.tx.is_committing() {
+            // The records of the transaction being committed are on their way to the broker,
+            // and the engine goes on processing meanwhile; the commit finishes as soon as they
+            // are all acknowledged, or at once when there is nothing to process.
+            if idle || engine.outbox.len() >= OUTBOX_LIMIT {
+                engine.finish_commit(consumer)?;
+            } else if unserved >= DELIVERY_CHECK_EVERY {
+                unserved = 0;
+                if engine.tx.delivered() {
+                    engine.finish_commit(consumer)?;
+                }
+            }
+        } else {
+            // Delivery reports arrive in batches: serving them after every record only costs
+            // clock reads and empty queue checks.
+            if idle || unserved >= DELIVERY_POLL_EVERY {
+                engine.tx.poll();
+                unserved = 0;
+            }
+            let interval = engine.config.commit_interval;
+            if engine.tx.due(interval) || (idle && engine.tx.due(interval / EARLY_COMMIT_DIVISOR)) {
+                engine.start_commit()?;
+                engine.update_memory_metrics();
+            }
         }
-        let interval = engine.config.commit_interval;
-        let early = interval / EARLY_COMMIT_DIVISOR;
-        if engine.tx.due(interval) || (idle && engine.tx.due(early)) {
-            engine.commit(consumer)?;
-            engine.update_memory_metrics();
-        }
-        // With a transaction open, wait no longer than until an early commit is due.
-        wait = if engine.tx.is_open() {
-            engine.tx.until_due(early)
+        // While a commit waits for acknowledgements, take whatever records are there without
+        // waiting (none: the commit finishes); with a transaction open, wait no longer than
+        // until an early commit is due.
+        wait = if engine.tx.is_committing() {
+            Duration::ZERO
+        } else if engine.tx.is_open() {
+            engine
+                .tx
+                .until_due(engine.config.commit_interval / EARLY_COMMIT_DIVISOR)
         } else {
             IDLE_POLL
         };
@@ -361,7 +404,9 @@ impl Engine {
             return Ok(()); // revoked while the record was in flight
         }
         let started = Instant::now();
-        self.tx.begin()?;
+        if !self.tx.is_committing() {
+            self.tx.begin()?;
+        }
         let step = match source {
             Source::Orders => self.on_order(id, message),
             Source::LineResults => self.on_line_result(id, message),
@@ -615,15 +660,15 @@ impl Engine {
         self.task(id).store.write(key, value);
     }
 
-    /// Sends each task's pending store writes to its changelog, in the open transaction: one
-    /// record per key however often it changed since the last commit (a SKU's record changes
-    /// with every order for it), as Kafka Streams' record cache does.
+    /// Sends each task's committing store writes to its changelog, in the open transaction:
+    /// one record per key however often it changed since the last commit (a SKU's record
+    /// changes with every order for it), as Kafka Streams' record cache does.
     fn send_changelogs(&mut self) -> Result<(), EngineError> {
         for task in self.tasks.values() {
             let sink = Sink::Changelog(task.id.sub);
             let topic = self.topics.sink(sink);
             let mut sent = 0;
-            for (key, value) in task.store.pending() {
+            for (key, value) in task.store.committing() {
                 let mut record = BaseRecord::to(topic).key(key).partition(task.id.partition);
                 if let Some(value) = value {
                     record = record.payload(value);
@@ -636,6 +681,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Sends an output, or holds it while a commit is in progress.
     fn send(
         &mut self,
         sink: Sink,
@@ -644,6 +690,29 @@ impl Engine {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), Step> {
+        self.produced[sink.index()].inc();
+        if self.tx.is_committing() {
+            self.outbox.push(Output {
+                sink,
+                partition,
+                key: key.to_vec(),
+                payload: payload.map(<[u8]>::to_vec),
+                headers,
+            });
+            return Ok(());
+        }
+        self.send_now(sink, partition, key, payload, headers)?;
+        Ok(())
+    }
+
+    fn send_now(
+        &mut self,
+        sink: Sink,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), GuaranteeError> {
         let mut record = BaseRecord::to(self.topics.sink(sink)).key(key);
         if let Some(payload) = payload {
             record = record.payload(payload);
@@ -654,8 +723,27 @@ impl Engine {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
-        self.tx.send(record)?;
-        self.produced[sink.index()].inc();
+        self.tx.send(record)
+    }
+
+    /// Opens the next transaction for what was processed while the last commit was in
+    /// progress, and sends its held outputs.
+    fn send_outbox(&mut self) -> Result<(), EngineError> {
+        if !self.tx.is_open() {
+            return Ok(()); // nothing was consumed meanwhile
+        }
+        self.tx.begin()?;
+        let mut outbox = std::mem::take(&mut self.outbox);
+        for output in outbox.drain(..) {
+            self.send_now(
+                output.sink,
+                output.partition,
+                &output.key,
+                output.payload.as_deref(),
+                output.headers,
+            )?;
+        }
+        self.outbox = outbox; // keeps its capacity
         Ok(())
     }
 
@@ -714,19 +802,43 @@ impl Engine {
 
     // ---- committing ----
 
-    /// Commits the transaction, then applies the stores' pending writes; or rolls back.
+    /// Commits everything processed so far and waits for it (on revoke and shutdown).
     fn commit(&mut self, consumer: &BaseConsumer<StreamsContext>) -> Result<(), EngineError> {
-        let started = Instant::now();
+        if self.tx.is_committing() {
+            self.finish_commit(consumer)?;
+        }
+        self.start_commit()?;
+        self.finish_commit(consumer)
+    }
+
+    /// Starts a commit: the stores' pending writes become their committing layers and go to
+    /// the changelogs, and what was consumed so far is what the commit covers. The engine
+    /// goes on processing until [`Engine::finish_commit`].
+    fn start_commit(&mut self) -> Result<(), EngineError> {
+        self.commit_started = Instant::now();
+        for task in self.tasks.values_mut() {
+            task.store.freeze();
+        }
         self.send_changelogs()?;
-        match self.tx.commit(consumer)? {
+        self.tx.start_commit();
+        Ok(())
+    }
+
+    /// Waits for the commit in progress, then applies the stores' committing layers (or
+    /// rolls everything back), and sends the outputs held meanwhile in the next transaction.
+    fn finish_commit(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+    ) -> Result<(), EngineError> {
+        match self.tx.finish_commit(consumer)? {
             Committed::Nothing => {}
             Committed::Done { changelog_offsets } => {
                 let committed_at = Instant::now();
-                let in_kafka = committed_at - started;
+                let in_kafka = committed_at - self.commit_started;
                 for task in self.tasks.values_mut() {
                     let changelog = self.topics.changelog(task.id.sub);
                     let offset = changelog_offsets.get(changelog, task.id.partition);
-                    if !task.store.has_pending() && offset.is_none() {
+                    if !task.store.is_committing() && offset.is_none() {
                         continue;
                     }
                     let entries = task.store.commit(offset, readmodel::prefix(task.id.sub))?;
@@ -746,7 +858,7 @@ impl Engine {
                     .transactions
                     .with_label_values(&["committed"])
                     .inc();
-                let took = started.elapsed();
+                let took = self.commit_started.elapsed();
                 self.metrics.commit_latency.observe(took.as_secs_f64());
                 if took > self.config.commit_interval {
                     tracing::debug!(
@@ -758,10 +870,11 @@ impl Engine {
             }
             Committed::Aborted(reason) => self.roll_back(consumer, &reason)?,
         }
-        Ok(())
+        self.send_outbox()
     }
 
-    /// Aborts the transaction, drops pending store writes, rewinds the consumed partitions.
+    /// Aborts the transaction (commit in progress or not), drops every uncommitted store write
+    /// and held output, and rewinds the consumed partitions to the last finished commit.
     fn roll_back(
         &mut self,
         consumer: &BaseConsumer<StreamsContext>,
@@ -772,6 +885,7 @@ impl Engine {
         for task in self.tasks.values_mut() {
             task.store.rollback();
         }
+        self.outbox.clear();
         self.tx.rewind(consumer);
         self.metrics
             .transactions

@@ -8,8 +8,11 @@
 //! repartition topics, the dead-letter topic), its store writes (the last value of each key,
 //! sent as changelog records when it commits), and, through `send_offsets_to_transaction` with the
 //! consumer's group metadata, the input offsets. Every `commit.interval.ms` the transaction
-//! commits; only then are the stores' pending writes applied to RocksDB, in one `WriteBatch`
-//! per store together with the changelog offset they reach. So:
+//! commits; only then are the stores' writes applied to RocksDB, in one `WriteBatch` per store
+//! together with the changelog offset they reach. While the broker acknowledges a committing
+//! transaction's records, the engine processes the next records: it holds their outputs in
+//! memory and their store writes in a new layer, and sends the outputs in the next
+//! transaction once this one has committed (an abort drops both). So:
 //! - a crash before the commit leaves nothing visible to `read_committed` readers and nothing
 //!   in RocksDB: the records are consumed again from the committed offsets;
 //! - a crash after the commit but before RocksDB is written leaves RocksDB behind its
@@ -166,15 +169,27 @@ pub enum Committed {
     Aborted(String),
 }
 
+/// Per input topic and partition: (first offset, next offset). Keyed by topic first so that
+/// the per-record update allocates nothing.
+type Consumed = HashMap<String, HashMap<i32, (i64, i64)>>;
+
 /// The producer side of the delivery guarantee: transactions, consumed positions, commits.
+///
+/// A commit has two steps, so that the engine can go on processing while the broker
+/// acknowledges the transaction's records: [`Transactor::start_commit`] fixes what the commit
+/// covers (the records consumed so far), and [`Transactor::finish_commit`] waits for every
+/// delivery and commits. In between, the engine must not send (the producer's transaction is
+/// the one being committed): it holds its outputs until the commit has finished, and what it
+/// consumes meanwhile belongs to the next commit.
 pub struct Transactor {
     producer: BaseProducer<DeliveryTracker>,
     guarantee: ProcessingGuarantee,
     transactional_id: String,
     in_transaction: bool,
-    /// Per input topic and partition consumed since the last commit: (first offset, next
-    /// offset). Keyed by topic first so that the per-record update allocates nothing.
-    consumed: HashMap<String, HashMap<i32, (i64, i64)>>,
+    /// Consumed since the last commit started.
+    consumed: Consumed,
+    /// What the commit in progress covers (`None`: no commit in progress).
+    committing: Option<Consumed>,
     last_commit: Instant,
 }
 
@@ -184,6 +199,7 @@ impl std::fmt::Debug for Transactor {
             .field("guarantee", &self.guarantee)
             .field("transactional_id", &self.transactional_id)
             .field("in_transaction", &self.in_transaction)
+            .field("committing", &self.committing.is_some())
             .finish()
     }
 }
@@ -229,12 +245,18 @@ impl Transactor {
             transactional_id,
             in_transaction: false,
             consumed: HashMap::new(),
+            committing: None,
             last_commit: Instant::now(),
         })
     }
 
-    /// Opens a transaction if none is open (exactly-once only).
+    /// Opens a transaction if none is open (exactly-once only). Not while a commit is in
+    /// progress: the engine holds its outputs until it has finished.
     pub fn begin(&mut self) -> Result<(), GuaranteeError> {
+        debug_assert!(
+            self.committing.is_none(),
+            "invariant: no transaction begins while one commits"
+        );
         if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && !self.in_transaction {
             self.producer
                 .begin_transaction()
@@ -285,42 +307,86 @@ impl Transactor {
         interval.saturating_sub(self.last_commit.elapsed())
     }
 
-    /// Whether something was consumed or sent since the last commit.
+    /// Whether something was consumed or sent since the last commit finished.
     pub fn is_open(&self) -> bool {
-        self.in_transaction || !self.consumed.is_empty()
+        self.in_transaction || !self.consumed.is_empty() || self.committing.is_some()
     }
 
-    /// Commits what was consumed since the last commit, with the guarantee's protocol.
-    pub fn commit<C: ConsumerContext>(
+    /// Whether a commit has started and not finished.
+    pub fn is_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Starts a commit of what was consumed so far; `false` if there is nothing to commit.
+    /// Every record of the transaction must have been sent.
+    pub fn start_commit(&mut self) -> bool {
+        debug_assert!(self.committing.is_none(), "invariant: one commit at a time");
+        self.last_commit = Instant::now();
+        if self.consumed.is_empty() && !self.in_transaction {
+            return false;
+        }
+        self.committing = Some(std::mem::take(&mut self.consumed));
+        true
+    }
+
+    /// Whether every record sent has its delivery report (serving the reports that arrived).
+    pub fn delivered(&self) -> bool {
+        self.producer.poll(Duration::ZERO);
+        self.producer.in_flight_count() == 0
+    }
+
+    /// Commits what [`Transactor::start_commit`] fixed, with the guarantee's protocol, once
+    /// every record is delivered (waiting for what is not). On [`Committed::Aborted`], the
+    /// engine must call [`Transactor::abort`] and [`Transactor::rewind`].
+    pub fn finish_commit<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<Committed, GuaranteeError> {
-        self.last_commit = Instant::now();
-        if self.consumed.is_empty() && !self.in_transaction {
+        let Some(consumed) = self.committing.take() else {
             return Ok(Committed::Nothing);
-        }
+        };
         let mut offsets = TopicPartitionList::new();
-        for (topic, partitions) in &self.consumed {
+        for (topic, partitions) in &consumed {
             for (partition, (_, next)) in partitions {
                 offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             }
         }
-        match self.guarantee {
-            ProcessingGuarantee::ExactlyOnceV2 => self.commit_transaction(consumer, &offsets),
+        let committed = match self.guarantee {
+            ProcessingGuarantee::ExactlyOnceV2 => self.commit_transaction(consumer, &offsets)?,
             ProcessingGuarantee::AtLeastOnce => {
                 self.drain()?;
                 let delivered = self.tracker().take();
-                if let Some(failure) = delivered.failure {
-                    return Ok(Committed::Aborted(failure));
+                match delivered.failure {
+                    Some(failure) => Committed::Aborted(failure),
+                    None => {
+                        if offsets.count() > 0 {
+                            consumer.commit(&offsets, CommitMode::Sync)?;
+                        }
+                        self.in_transaction = false;
+                        Committed::Done {
+                            changelog_offsets: delivered.changelog_offsets,
+                        }
+                    }
                 }
-                if offsets.count() > 0 {
-                    consumer.commit(&offsets, CommitMode::Sync)?;
-                }
-                self.consumed.clear();
-                self.in_transaction = false;
-                Ok(Committed::Done {
-                    changelog_offsets: delivered.changelog_offsets,
-                })
+            }
+        };
+        if let Committed::Aborted(_) = committed {
+            // Rewound with what was consumed since: its first offsets come first.
+            self.merge_back(consumed);
+        }
+        Ok(committed)
+    }
+
+    /// Puts an unfinished commit's positions back under what was consumed since, so that a
+    /// rewind goes back to the earliest uncommitted offset of each partition.
+    fn merge_back(&mut self, earlier: Consumed) {
+        for (topic, partitions) in earlier {
+            let later = self.consumed.entry(topic).or_default();
+            for (partition, (first, next)) in partitions {
+                later
+                    .entry(partition)
+                    .and_modify(|(f, _)| *f = first)
+                    .or_insert((first, next));
             }
         }
     }
@@ -357,7 +423,6 @@ impl Transactor {
         }
         match result {
             Ok(()) => {
-                self.consumed.clear();
                 self.in_transaction = false;
                 let delivered = self.tracker().take();
                 Ok(Committed::Done {
@@ -395,8 +460,12 @@ impl Transactor {
         Ok(())
     }
 
-    /// Aborts the open transaction (exactly-once) and forgets its deliveries.
+    /// Aborts the open transaction (exactly-once), commit in progress or not, and forgets its
+    /// deliveries.
     pub fn abort(&mut self) -> Result<(), GuaranteeError> {
+        if let Some(consumed) = self.committing.take() {
+            self.merge_back(consumed);
+        }
         if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && self.in_transaction {
             self.producer
                 .abort_transaction(TXN_TIMEOUT)
@@ -407,7 +476,8 @@ impl Transactor {
         Ok(())
     }
 
-    /// Seeks every partition consumed in the rolled-back transaction back to its first offset.
+    /// Seeks every partition consumed since the last finished commit back to its first
+    /// uncommitted offset.
     pub fn rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         for (topic, partitions) in self.consumed.drain() {
             for (partition, (first, _)) in partitions {

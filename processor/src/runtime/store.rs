@@ -1,12 +1,14 @@
-//! A task's state store: RocksDB for what is committed, an in-memory batch for what is not.
+//! A task's state store: RocksDB for what is committed, in-memory layers for what is not.
 //!
-//! Writes go to the pending batch; at commit the engine sends the last value of each key to the
-//! store's changelog topic, in the same Kafka transaction as the outputs. Reads see the pending
-//! batch first. When the
-//! transaction commits, [`Store::commit`] applies the batch to RocksDB in one atomic
-//! `WriteBatch` together with the changelog offset it reaches; when it aborts,
-//! [`Store::rollback`] drops it. RocksDB therefore only ever holds committed state, tagged with
-//! the changelog offset that produced it, so a restart restores only the changelog's tail.
+//! Writes go to the pending layer; reads see it first. When a commit starts,
+//! [`Store::freeze`] moves the pending layer to the committing layer, whose last value of each
+//! key the engine sends to the store's changelog topic, in the same Kafka transaction as the
+//! outputs; new writes meanwhile go to a fresh pending layer (for the next transaction), and
+//! reads see pending, then committing, then RocksDB. When the transaction commits,
+//! [`Store::commit`] applies the committing layer to RocksDB in one atomic `WriteBatch`
+//! together with the changelog offset it reaches; when it aborts, [`Store::rollback`] drops
+//! both layers. RocksDB therefore only ever holds committed state, tagged with the changelog
+//! offset that produced it, so a restart restores only the changelog's tail.
 //!
 //! RocksDB's WAL is kept but never synced: a killed process loses nothing (the OS has the
 //! pages), and a lost machine loses only what the changelog gives back.
@@ -104,8 +106,12 @@ pub struct Store {
     path: PathBuf,
     db: DB,
     memory: SharedMemory,
-    /// Uncommitted writes: `None` is a delete.
+    /// Writes since the commit in progress started (or the last one): `None` is a delete.
     pending: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writes of the transaction being committed, frozen when its commit started.
+    committing: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The committing layer in key order, reused from commit to commit.
+    sorted: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// The last changelog offset whose write RocksDB holds.
     changelog_offset: Option<i64>,
 }
@@ -115,6 +121,7 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("path", &self.path)
             .field("pending", &self.pending.len())
+            .field("committing", &self.committing.len())
             .field("changelog_offset", &self.changelog_offset)
             .finish()
     }
@@ -150,6 +157,8 @@ impl Store {
             db,
             memory: memory.clone(),
             pending: HashMap::new(),
+            committing: HashMap::new(),
+            sorted: Vec::new(),
             changelog_offset,
         })
     }
@@ -166,10 +175,10 @@ impl Store {
         }
     }
 
-    /// The value under `key`, uncommitted writes first.
+    /// The value under `key`: pending writes first, then those being committed, then RocksDB.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(pending) = self.pending.get(key) {
-            return Ok(pending.clone());
+        if let Some(value) = self.pending.get(key).or_else(|| self.committing.get(key)) {
+            return Ok(value.clone());
         }
         self.db.get(key).map_err(|e| self.rocks(e))
     }
@@ -196,40 +205,53 @@ impl Store {
         format::encode(value)
     }
 
-    /// The uncommitted writes, in no particular order (`None` deletes).
-    pub fn pending(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
-        self.pending
+    /// Starts a commit: the pending writes become the committing layer (see the module's
+    /// documentation). The previous commit must have finished ([`Store::commit`] or
+    /// [`Store::rollback`]).
+    pub fn freeze(&mut self) {
+        assert!(
+            self.committing.is_empty(),
+            "invariant: a store's commit finishes before the next one starts"
+        );
+        // The emptied map keeps its capacity: the next transaction's writes reuse it.
+        std::mem::swap(&mut self.pending, &mut self.committing);
+    }
+
+    /// The writes being committed, in no particular order (`None` deletes).
+    pub fn committing(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.committing
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_deref()))
     }
 
-    /// Whether there are uncommitted writes.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+    /// Whether there are writes being committed.
+    pub fn is_committing(&self) -> bool {
+        !self.committing.is_empty()
     }
 
-    /// Applies the uncommitted writes and the changelog offset they reach, atomically, and
+    /// Applies the committing layer and the changelog offset it reaches, atomically, and
     /// returns the puts whose key starts with `shown` (for the read model).
     pub fn commit(
         &mut self,
         changelog_offset: Option<i64>,
         shown: &[u8],
     ) -> Result<Entries, StoreError> {
-        if self.pending.is_empty() && changelog_offset.is_none() {
+        if self.committing.is_empty() && changelog_offset.is_none() {
             return Ok(Vec::new());
         }
         // In key order: RocksDB's memtable insert reuses the previous insert's position in its
         // skip list, so sorted keys are much cheaper to insert than hash-map order.
-        let mut pending: Vec<_> = self.pending.drain().collect();
-        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut sorted = std::mem::take(&mut self.sorted);
+        sorted.extend(self.committing.drain());
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         // Sized up front (a tag and two lengths per entry): growing it copies it each time.
-        let bytes: usize = pending
+        let bytes: usize = sorted
             .iter()
             .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
             .sum();
         let mut batch = WriteBatch::with_capacity_bytes(bytes + 64);
         let mut puts = Vec::new();
-        for (key, value) in pending {
+        for (key, value) in sorted.drain(..) {
             match value {
                 Some(value) => {
                     batch.put(&key, &value);
@@ -240,6 +262,7 @@ impl Store {
                 None => batch.delete(key),
             }
         }
+        self.sorted = sorted;
         self.apply(batch, changelog_offset)?;
         Ok(puts)
     }
@@ -268,9 +291,10 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the uncommitted writes (the transaction aborted).
+    /// Drops every uncommitted write, pending and committing (the transaction aborted).
     pub fn rollback(&mut self) {
         self.pending.clear();
+        self.committing.clear();
     }
 
     /// Deletes everything and starts empty (the changelog no longer matches local state).
@@ -307,41 +331,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pending_holds_the_last_write_of_each_key() {
+    fn the_committing_layer_holds_the_last_write_of_each_key() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = Store::open(dir.path(), &SharedMemory::new(8 << 20)).expect("opens");
         store.write(b"a".to_vec(), Some(b"1".to_vec()));
         store.write(b"a".to_vec(), Some(b"2".to_vec()));
         store.write(b"b".to_vec(), Some(b"3".to_vec()));
         store.write(b"b".to_vec(), None);
-        let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = store
-            .pending()
+        store.freeze();
+        let mut committing: Vec<(Vec<u8>, Option<Vec<u8>>)> = store
+            .committing()
             .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
             .collect();
-        pending.sort();
+        committing.sort();
         assert_eq!(
-            pending,
+            committing,
             vec![(b"a".to_vec(), Some(b"2".to_vec())), (b"b".to_vec(), None)],
             "one changelog record per key: its last value, or a tombstone"
         );
     }
 
     #[test]
-    fn reads_see_pending_writes_and_only_commit_persists_them() {
+    fn reads_see_pending_then_committing_writes_and_only_commit_persists_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let memory = SharedMemory::new(8 << 20);
         let mut store = Store::open(dir.path(), &memory).expect("opens");
         assert_eq!(store.changelog_offset(), None);
         store.write(b"a".to_vec(), Some(b"1".to_vec()));
         assert_eq!(store.get(b"a").expect("reads"), Some(b"1".to_vec()));
+        store.freeze();
+        store.write(b"c".to_vec(), Some(b"9".to_vec()));
         store.rollback();
-        assert_eq!(store.get(b"a").expect("reads"), None);
+        assert_eq!(store.get(b"a").expect("reads"), None, "both layers dropped");
+        assert_eq!(store.get(b"c").expect("reads"), None, "both layers dropped");
 
         store.write(b"a".to_vec(), Some(b"2".to_vec()));
         store.write(b"b".to_vec(), Some(b"3".to_vec()));
+        store.freeze();
+        // The next transaction's writes, made while this one commits, shadow it.
+        store.write(b"b".to_vec(), None);
+        assert_eq!(store.get(b"a").expect("reads"), Some(b"2".to_vec()));
+        assert_eq!(store.get(b"b").expect("reads"), None);
         let puts = store.commit(Some(41), b"a").expect("commits");
         assert_eq!(puts, vec![(b"a".to_vec(), b"2".to_vec())]);
-        store.write(b"b".to_vec(), None);
+        assert_eq!(
+            store.get(b"b").expect("reads"),
+            None,
+            "the pending delete survives the commit before it"
+        );
+        store.freeze();
         assert!(store.commit(Some(42), b"").expect("commits").is_empty());
         drop(store);
 
