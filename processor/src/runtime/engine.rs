@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::format;
 use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transactor};
 use super::restore::{RestoreError, restore};
-use super::store::{SharedMemory, Store, StoreError};
+use super::store::{SharedMemory, Store, StoreError, Writer};
 use super::task::{Source, SubTopology, TaskId, TaskState};
 use super::topics::{Sink, TopologyTopics};
 use crate::metrics::Metrics;
@@ -92,6 +92,8 @@ pub enum EngineError {
     Encode(CodecError),
     #[error("cannot start the engine's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot start the store writer thread: {0}")]
+    Writer(std::io::Error),
 }
 
 /// A step that could not finish now but may later (the registry is unreachable).
@@ -144,6 +146,8 @@ pub struct Engine {
     outbox: Vec<Output>,
     /// When the commit in progress (or the last one) started.
     commit_started: Instant,
+    /// Applies the stores' committed layers to RocksDB.
+    writer: Writer,
     codec: Arc<Codec>,
     runtime: tokio::runtime::Runtime,
     memory: SharedMemory,
@@ -258,6 +262,11 @@ pub fn run_engine(
         transactional_id,
         changelogs,
     )?;
+    let writer_name = match std::thread::current().name() {
+        Some(engine) => format!("{engine}-store"),
+        None => "store-writer".to_owned(),
+    };
+    let writer = Writer::start(writer_name).map_err(EngineError::Writer)?;
     let produced = Sink::ALL.map(|sink| {
         metrics
             .records_produced
@@ -272,6 +281,7 @@ pub fn run_engine(
         tx,
         outbox: Vec::new(),
         commit_started: Instant::now(),
+        writer,
         codec,
         runtime,
         metrics: metrics.clone(),
@@ -841,18 +851,21 @@ impl Engine {
                     if !task.store.is_committing() && offset.is_none() {
                         continue;
                     }
-                    let entries = task.store.commit(offset, readmodel::prefix(task.id.sub))?;
-                    if let Some(changelog_offset) = offset {
-                        hand_to_sync(
-                            &self.sync,
-                            Changes {
-                                task: task.id,
+                    // The read model gets the rows once RocksDB holds them.
+                    let (sync, id) = (self.sync.clone(), task.id);
+                    let hand_over = move |entries| {
+                        if let Some(changelog_offset) = offset {
+                            let changes = Changes {
+                                task: id,
                                 changelog_offset,
                                 entries,
                                 committed_at,
-                            },
-                        );
-                    }
+                            };
+                            hand_to_sync(&sync, changes);
+                        }
+                    };
+                    let shown = readmodel::prefix(task.id.sub);
+                    task.store.commit(offset, shown, &self.writer, hand_over)?;
                 }
                 self.metrics
                     .transactions
