@@ -16,4 +16,14 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# The shared build cache grows with every clone that builds into it (incremental caches and test
+# binaries are per path; it reached 54 GiB and filled the disk once): below 10 GiB free, drop
+# the incremental caches, which the next build recreates as it needs them.
+if [[ -n "${CARGO_TARGET_DIR:-}" && -d "$CARGO_TARGET_DIR/release/incremental" ]]; then
+  free_kb=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR == 2 {print $4}')
+  if ((free_kb < 10 * 1024 * 1024)); then
+    echo "build-deps: less than 10 GiB free; removing $CARGO_TARGET_DIR/release/incremental"
+    rm -rf "$CARGO_TARGET_DIR/release/incremental"
+  fi
+fi
 echo "build-deps: ok"

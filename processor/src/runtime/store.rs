@@ -37,8 +37,9 @@ const CHANGELOG_OFFSET: &[u8] = b"changelog-offset";
 /// (key, value) pairs.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Writes by key: `None` is a delete.
-type Layer = HashMap<Vec<u8>, Option<Vec<u8>>>;
+/// Writes by key: `None` is a delete. Hashed with foldhash, seeded per process: every store
+/// read looks up to three layers, and SipHash (the standard hasher) was a visible cost.
+type Layer = HashMap<Vec<u8>, Option<Vec<u8>>, foldhash::fast::RandomState>;
 
 /// Committed layers handed to the writer and not yet applied, at most, per store: beyond, the
 /// engine waits for the oldest.
@@ -188,8 +189,8 @@ impl Store {
             path: path.to_owned(),
             db: Arc::new(db),
             memory: memory.clone(),
-            pending: HashMap::new(),
-            committing: HashMap::new(),
+            pending: Layer::default(),
+            committing: Layer::default(),
             applying: VecDeque::new(),
             changelog_offset,
         })
@@ -288,7 +289,9 @@ impl Store {
             writer.check()?;
             self.prune();
         }
-        let layer = Arc::new(std::mem::take(&mut self.committing));
+        // The next transaction's layer starts at this one's size rather than growing to it.
+        let next = Layer::with_capacity_and_hasher(self.committing.len(), Default::default());
+        let layer = Arc::new(std::mem::replace(&mut self.committing, next));
         let state = Arc::new(AtomicU8::new(PENDING));
         writer.submit(Job {
             db: self.db.clone(),
