@@ -30,7 +30,7 @@ pub struct Metrics {
     pub processing_latency: Histogram,
     /// From an order's `created_at` to the moment its outcome is produced.
     pub order_e2e_latency: Histogram,
-    /// Time to commit (offsets, transaction, state).
+    /// From a commit's start to its end (the engine processes meanwhile).
     pub commit_latency: Histogram,
     /// Transactions (or at-least-once commits), by outcome (`committed`, `aborted`).
     pub transactions: IntCounterVec,
@@ -161,7 +161,7 @@ impl Metrics {
             commit_latency: histogram(
                 r,
                 "stockflow_commit_latency_seconds",
-                "Time to commit offsets, outputs and state.",
+                "From a commit's start to its end: outputs acknowledged, offsets and transaction committed, state handed to the store writer (the engine processes the next records meanwhile).",
             ),
             transactions: counter_vec(
                 r,
