@@ -229,6 +229,27 @@ fn hand_to_sync(sync: &SyncSender, changes: Changes) {
     }
 }
 
+/// The producer record of an output.
+fn record<'a>(
+    topic: &'a str,
+    partition: Option<i32>,
+    key: &'a [u8],
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+) -> BaseRecord<'a, [u8], [u8]> {
+    let mut record = BaseRecord::to(topic).key(key);
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    if let Some(headers) = headers {
+        record = record.headers(headers);
+    }
+    record
+}
+
 fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     engine
         .lock()
@@ -679,11 +700,8 @@ impl Engine {
             let topic = self.topics.sink(sink);
             let mut sent = 0;
             for (key, value) in task.store.committing() {
-                let mut record = BaseRecord::to(topic).key(key).partition(task.id.partition);
-                if let Some(value) = value {
-                    record = record.payload(value);
-                }
-                self.tx.send(record)?;
+                let partition = Some(task.id.partition);
+                self.tx.send(record(topic, partition, key, value, None))?;
                 sent += 1;
             }
             self.produced[sink.index()].inc_by(sent);
@@ -711,29 +729,10 @@ impl Engine {
             });
             return Ok(());
         }
-        self.send_now(sink, partition, key, payload, headers)?;
+        let topic = self.topics.sink(sink);
+        self.tx
+            .send(record(topic, partition, key, payload, headers))?;
         Ok(())
-    }
-
-    fn send_now(
-        &mut self,
-        sink: Sink,
-        partition: Option<i32>,
-        key: &[u8],
-        payload: Option<&[u8]>,
-        headers: Option<OwnedHeaders>,
-    ) -> Result<(), GuaranteeError> {
-        let mut record = BaseRecord::to(self.topics.sink(sink)).key(key);
-        if let Some(payload) = payload {
-            record = record.payload(payload);
-        }
-        if let Some(partition) = partition {
-            record = record.partition(partition);
-        }
-        if let Some(headers) = headers {
-            record = record.headers(headers);
-        }
-        self.tx.send(record)
     }
 
     /// Opens the next transaction for what was processed while the last commit was in
@@ -745,13 +744,16 @@ impl Engine {
         self.tx.begin()?;
         let mut outbox = std::mem::take(&mut self.outbox);
         for output in outbox.drain(..) {
-            self.send_now(
-                output.sink,
+            let topic = self.topics.sink(output.sink);
+            let payload = output.payload.as_deref();
+            let held = record(
+                topic,
                 output.partition,
                 &output.key,
-                output.payload.as_deref(),
+                payload,
                 output.headers,
-            )?;
+            );
+            self.tx.send(held)?;
         }
         self.outbox = outbox; // keeps its capacity
         Ok(())
