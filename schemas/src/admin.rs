@@ -142,7 +142,60 @@ pub async fn ensure_topics(
             }
         }
     }
+    let created: Vec<&str> = missing.iter().map(|s| s.name.as_str()).collect();
+    await_visible(config, &created).await?;
     let mut counts = existing;
     counts.extend(missing.iter().map(|s| (s.name.clone(), s.partitions)));
     Ok(counts)
+}
+
+/// How often [`await_visible`] asks for the metadata again.
+const VISIBLE_POLL: Duration = Duration::from_millis(50);
+
+/// Waits until every topic in `names` is in the broker's metadata with a leader for each
+/// partition. A topic the controller has just created may not be there yet; a consumer that
+/// subscribes to it meanwhile is assigned none of its partitions and, with librdkafka, only
+/// notices the topic at its next metadata refresh, minutes later. (Kafka Streams' internal
+/// topic manager likewise describes the topics it created until they are ready.)
+async fn await_visible(config: &ClientConfig, names: &[&str]) -> Result<(), AdminError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let bootstrap = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_owned();
+    let consumer: BaseConsumer = config.create().map_err(|e| AdminError::Unreachable {
+        bootstrap: bootstrap.clone(),
+        reason: e.to_string(),
+    })?;
+    let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let metadata =
+            consumer
+                .fetch_metadata(None, ADMIN_TIMEOUT)
+                .map_err(|e| AdminError::Unreachable {
+                    bootstrap: bootstrap.clone(),
+                    reason: e.to_string(),
+                })?;
+        let ready = |name: &&str| {
+            metadata.topics().iter().any(|t| {
+                t.name() == *name
+                    && t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
+        };
+        let waiting: Vec<&str> = names.iter().filter(|n| !ready(n)).copied().collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdminError::Create {
+                topic: waiting.join(","),
+                reason: format!(
+                    "created, but not in the broker's metadata after {ADMIN_TIMEOUT:?}"
+                ),
+            });
+        }
+        tokio::time::sleep(VISIBLE_POLL).await;
+    }
 }
