@@ -71,7 +71,7 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     /// Bootstrap servers and pass-through librdkafka properties.
     pub client: ClientConfig,
-    /// Stable per state directory and engine thread; names the transactional producer.
+    /// Stable per state directory and engine thread; names the transactional producers.
     pub instance_id: String,
     /// The RocksDB memory every store of the process shares.
     pub memory: SharedMemory,

@@ -1,7 +1,8 @@
 //! The delivery guarantee, in one place.
 //!
-//! **exactly_once_v2** (the default). One transactional producer per engine thread; its
-//! `transactional.id` is `<application.id>-<instance id>` (with `-<n>` for thread n > 0),
+//! **exactly_once_v2** (the default). Two transactional producers per engine thread, used in
+//! turn, one transaction each (see [`Transactor::new`]); their `transactional.id`s are
+//! `<application.id>-<instance id>` (with `-<n>` for thread n > 0) and the same with `-alt`,
 //! stable across restarts of the same state directory, so a restarted instance fences its
 //! predecessor and aborts whatever that one left open. Every record consumed since the last
 //! commit is processed inside one transaction that holds all its outputs (external topics,
@@ -182,9 +183,12 @@ type Consumed = HashMap<String, HashMap<i32, (i64, i64)>>;
 /// the one being committed): it holds its outputs until the commit has finished, and what it
 /// consumes meanwhile belongs to the next commit.
 pub struct Transactor {
-    producer: BaseProducer<DeliveryTracker>,
+    /// Exactly-once: two transactional producers, used in turn, one transaction each (see
+    /// [`Transactor::new`]); at-least-once: one idempotent producer.
+    producers: Vec<EngineProducer>,
+    /// The index of the producer of the open (or committing) transaction.
+    current: usize,
     guarantee: ProcessingGuarantee,
-    transactional_id: String,
     in_transaction: bool,
     /// Consumed since the last commit started.
     consumed: Consumed,
@@ -197,16 +201,34 @@ impl std::fmt::Debug for Transactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transactor")
             .field("guarantee", &self.guarantee)
-            .field("transactional_id", &self.transactional_id)
+            .field("transactional_id", &self.transactional_id())
             .field("in_transaction", &self.in_transaction)
             .field("committing", &self.committing.is_some())
             .finish()
     }
 }
 
+/// A producer of the engine, with its transactional id (exactly-once).
+struct EngineProducer {
+    producer: BaseProducer<DeliveryTracker>,
+    transactional_id: String,
+}
+
+/// The second transactional producer's id: the first one's with this suffix.
+pub const ALTERNATE_SUFFIX: &str = "-alt";
+
 impl Transactor {
-    /// Creates the producer; with exactly-once, initialises its transactions (fencing any
-    /// earlier producer with the same transactional id).
+    /// Creates the producers; with exactly-once, initialises their transactions (fencing any
+    /// earlier producer with the same transactional ids).
+    ///
+    /// Exactly-once uses two transactional producers, `transactional_id` and
+    /// `transactional_id` + [`ALTERNATE_SUFFIX`], one transaction each in turn. When a
+    /// transaction commits, the broker still writes its markers for a while; a transaction
+    /// of the same producer that starts meanwhile has its partitions refused
+    /// (`CONCURRENT_TRANSACTIONS`) and librdkafka retries after 20 ms, with every record of
+    /// that transaction waiting. The other producer's last transaction finished a commit
+    /// earlier, so the next transaction starts at once. Commits stay sequential: a
+    /// transaction begins only once the previous one has committed or aborted.
     pub fn new(
         client: &ClientConfig,
         guarantee: ProcessingGuarantee,
@@ -224,30 +246,62 @@ impl Transactor {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", schemas::admin::PARTITIONER);
-        if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
-            config
-                .set("transactional.id", &transactional_id)
-                .set("transaction.timeout.ms", "10000");
-        }
-        let producer: BaseProducer<DeliveryTracker> =
-            config.create_with_context(DeliveryTracker {
-                changelogs,
-                state: Mutex::default(),
-            })?;
-        if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
-            producer
-                .init_transactions(TXN_TIMEOUT)
-                .map_err(|e| classify(&transactional_id, e))?;
-        }
+        let ids = match guarantee {
+            ProcessingGuarantee::ExactlyOnceV2 => {
+                let alternate = format!("{transactional_id}{ALTERNATE_SUFFIX}");
+                vec![transactional_id, alternate]
+            }
+            ProcessingGuarantee::AtLeastOnce => vec![transactional_id],
+        };
+        let producers = ids
+            .into_iter()
+            .map(|transactional_id| {
+                let mut config = config.clone();
+                if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+                    config
+                        .set("transactional.id", &transactional_id)
+                        .set("transaction.timeout.ms", "10000");
+                }
+                let producer: BaseProducer<DeliveryTracker> =
+                    config.create_with_context(DeliveryTracker {
+                        changelogs: changelogs.clone(),
+                        state: Mutex::default(),
+                    })?;
+                if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+                    producer
+                        .init_transactions(TXN_TIMEOUT)
+                        .map_err(|e| classify(&transactional_id, e))?;
+                }
+                Ok(EngineProducer {
+                    producer,
+                    transactional_id,
+                })
+            })
+            .collect::<Result<_, GuaranteeError>>()?;
         Ok(Self {
-            producer,
+            producers,
+            current: 0,
             guarantee,
-            transactional_id,
             in_transaction: false,
             consumed: HashMap::new(),
             committing: None,
             last_commit: Instant::now(),
         })
+    }
+
+    /// The producer of the open (or committing) transaction.
+    fn producer(&self) -> &BaseProducer<DeliveryTracker> {
+        &self.producers[self.current].producer
+    }
+
+    fn transactional_id(&self) -> &str {
+        &self.producers[self.current].transactional_id
+    }
+
+    /// The transaction has ended (committed or aborted): the next one uses the other producer.
+    fn ended(&mut self) {
+        self.in_transaction = false;
+        self.current = (self.current + 1) % self.producers.len();
     }
 
     /// Opens a transaction if none is open (exactly-once only). Not while a commit is in
@@ -258,9 +312,9 @@ impl Transactor {
             "invariant: no transaction begins while one commits"
         );
         if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && !self.in_transaction {
-            self.producer
+            self.producer()
                 .begin_transaction()
-                .map_err(|e| classify(&self.transactional_id, e))?;
+                .map_err(|e| classify(self.transactional_id(), e))?;
         }
         self.in_transaction = true;
         Ok(())
@@ -269,20 +323,20 @@ impl Transactor {
     /// Sends one record, waiting for room in the producer's queue if it is full.
     pub fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), GuaranteeError> {
         loop {
-            match self.producer.send(record) {
+            match self.producer().send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
-                    self.producer.poll(Duration::from_millis(10));
+                    self.producer().poll(Duration::from_millis(10));
                 }
-                Err((error, _)) => return Err(classify(&self.transactional_id, error)),
+                Err((error, _)) => return Err(classify(self.transactional_id(), error)),
             }
         }
     }
 
     /// Serves delivery reports; call often.
     pub fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
+        self.producer().poll(Duration::ZERO);
     }
 
     /// Notes that `offset` of `topic[partition]` was processed in the current transaction.
@@ -331,8 +385,8 @@ impl Transactor {
 
     /// Whether every record sent has its delivery report (serving the reports that arrived).
     pub fn delivered(&self) -> bool {
-        self.producer.poll(Duration::ZERO);
-        self.producer.in_flight_count() == 0
+        self.producer().poll(Duration::ZERO);
+        self.producer().in_flight_count() == 0
     }
 
     /// Commits what [`Transactor::start_commit`] fixed, with the guarantee's protocol, once
@@ -407,10 +461,10 @@ impl Transactor {
         }
         let attempt = || -> Result<(), KafkaError> {
             if offsets.count() > 0 {
-                self.producer
+                self.producer()
                     .send_offsets_to_transaction(offsets, &group, TXN_TIMEOUT)?;
             }
-            self.producer.commit_transaction(TXN_TIMEOUT)
+            self.producer().commit_transaction(TXN_TIMEOUT)
         };
         let mut result = attempt();
         for _ in 0..3 {
@@ -423,8 +477,8 @@ impl Transactor {
         }
         match result {
             Ok(()) => {
-                self.in_transaction = false;
                 let delivered = self.tracker().take();
+                self.ended();
                 Ok(Committed::Done {
                     changelog_offsets: delivered.changelog_offsets,
                 })
@@ -432,7 +486,7 @@ impl Transactor {
             Err(KafkaError::Transaction(e)) if !e.is_fatal() => {
                 Ok(Committed::Aborted(e.to_string()))
             }
-            Err(e) => Err(classify(&self.transactional_id, e)),
+            Err(e) => Err(classify(self.transactional_id(), e)),
         }
     }
 
@@ -442,10 +496,10 @@ impl Transactor {
     /// short sleeps while nothing has arrived.)
     fn drain(&self) -> Result<(), GuaranteeError> {
         let deadline = Instant::now() + TXN_TIMEOUT;
-        let mut in_flight = self.producer.in_flight_count();
+        let mut in_flight = self.producer().in_flight_count();
         while in_flight > 0 {
-            self.producer.poll(Duration::ZERO);
-            let left = self.producer.in_flight_count();
+            self.producer().poll(Duration::ZERO);
+            let left = self.producer().in_flight_count();
             if left < in_flight {
                 in_flight = left; // a report was served: others may be waiting
                 continue;
@@ -467,12 +521,12 @@ impl Transactor {
             self.merge_back(consumed);
         }
         if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && self.in_transaction {
-            self.producer
+            self.producer()
                 .abort_transaction(TXN_TIMEOUT)
-                .map_err(|e| classify(&self.transactional_id, e))?;
+                .map_err(|e| classify(self.transactional_id(), e))?;
         }
-        self.in_transaction = false;
         self.tracker().take();
+        self.ended();
         Ok(())
     }
 
@@ -495,7 +549,7 @@ impl Transactor {
     }
 
     fn tracker(&self) -> &DeliveryTracker {
-        self.producer.context()
+        self.producer().context()
     }
 }
 
