@@ -58,6 +58,14 @@ struct Args {
     /// comparisons while tuning).
     #[arg(long)]
     quick: bool,
+    /// Only the latency run (no baseline, throughput, restore or sync rows).
+    #[arg(long)]
+    latency_only: bool,
+    /// In the latency run, also read the repartition topics and split each order's latency
+    /// into its hops (the extra consumer costs the machine some CPU, so the headline figures
+    /// are measured without it).
+    #[arg(long)]
+    latency_breakdown: bool,
     /// An extra argument for every processor the benchmark starts, e.g.
     /// `--processor-arg=-Xlinger.ms=20` (repeatable; for comparing settings in one run).
     #[arg(long = "processor-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -789,13 +797,43 @@ async fn is_ready(addr: SocketAddr) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// What the latency run measured.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    samples: usize,
+    /// With `--latency-breakdown`: per hop, its name, p50, p99 and mean over the slowest 1% of
+    /// orders.
+    hops: Vec<(&'static str, f64, f64, f64)>,
+}
+
+/// The hops of a single-line order, for `--latency-breakdown`. Each is read from the Kafka
+/// timestamp (CreateTime, set when the record was handed to the producer) of the record that
+/// ends it, so each hop includes the previous step's commit, the fetch and the processing.
+const HOPS: [&str; 4] = [
+    "created_at -> reserve command produced (task A)",
+    "-> line result produced (task B)",
+    "-> outcome produced (task A)",
+    "-> outcome received (read_committed)",
+];
+
+/// The value at quantile `p` of sorted `values`.
+fn quantile(values: &[f64], p: f64) -> f64 {
+    values
+        .get(((values.len() as f64 * p) as usize).min(values.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// Order end-to-end latency at a fixed rate: created_at to receipt by a read_committed consumer.
 async fn latency(
     rate: u64,
     seconds: u64,
+    breakdown: bool,
     bootstrap: &str,
     registry: &str,
-) -> (f64, f64, f64, usize) {
+) -> Latency {
     let prefix = format!("{}-", unique("latency"));
     let app = format!("{prefix}app");
     let connection = connection(&prefix, bootstrap, registry);
@@ -821,8 +859,14 @@ async fn latency(
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
+    let internal = processor::runtime::topics::TopologyTopics::new(&app, topics.clone());
+    let (commands_topic, results_topic) = (internal.order_lines, internal.line_results);
+    let mut assigned = vec![&topics.orders_confirmed, &topics.orders_rejected];
+    if breakdown {
+        assigned.extend([&commands_topic, &results_topic]);
+    }
     let mut assignment = TopicPartitionList::new();
-    for topic in [&topics.orders_confirmed, &topics.orders_rejected] {
+    for topic in assigned {
         for partition in 0..PARTITIONS.parse::<i32>().expect("a number") {
             assignment
                 .add_partition_offset(topic, partition, Offset::Beginning)
@@ -837,29 +881,49 @@ async fn latency(
         let connection = connection.clone();
         tokio::spawn(async move { publish(&connection, expected, 1, rate, 7).await })
     };
-    let mut latencies = Vec::with_capacity(expected as usize);
+    // Per counted order: created_at, the outcome's timestamp, its receipt, and its id.
+    let mut outcomes = Vec::with_capacity(expected as usize);
+    // With `breakdown`: when each order's reserve command and line result were produced.
+    let mut commands: HashMap<String, i64> = HashMap::new();
+    let mut results: HashMap<Vec<u8>, i64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(seconds + 60);
     let mut warmup = 0u64;
-    while (latencies.len() as u64) + warmup < expected && Instant::now() < deadline {
+    while (outcomes.len() as u64) + warmup < expected && Instant::now() < deadline {
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
             continue;
         };
         let received = now_millis();
+        let produced = m.timestamp().to_millis().unwrap_or_default();
         let payload = m.payload().unwrap_or_default();
-        let created_at = if m.topic() == topics.orders_confirmed {
+        let outcome = if m.topic() == topics.orders_confirmed {
             codec
                 .decode::<OrderConfirmed>(payload)
                 .await
-                .map(|c| c.created_at)
-        } else {
+                .map(|c| (c.created_at, c.order_id))
+        } else if m.topic() == topics.orders_rejected {
             codec
                 .decode::<OrderRejected>(payload)
                 .await
-                .map(|r| r.created_at)
+                .map(|r| (r.created_at, r.order_id))
+        } else if m.topic() == commands_topic {
+            if let Ok(envelope) = processor::runtime::format::decode::<
+                processor::runtime::engine::CommandEnvelope,
+            >(payload)
+            {
+                let (processor::topology::LineCommand::Reserve { order_id, .. }
+                | processor::topology::LineCommand::Release { order_id, .. }) = envelope.command;
+                commands.entry(order_id).or_insert(produced);
+            }
+            continue;
+        } else {
+            results
+                .entry(m.key().unwrap_or_default().to_vec())
+                .or_insert(produced);
+            continue;
         };
-        match created_at {
-            Ok(created_at) if created_at >= warm_until => {
-                latencies.push((received - created_at) as f64)
+        match outcome {
+            Ok((created_at, order_id)) if created_at >= warm_until => {
+                outcomes.push((created_at, produced, received, order_id))
             }
             Ok(_) => warmup += 1,
             Err(_) => {}
@@ -869,14 +933,57 @@ async fn latency(
     let mut processor = processor;
     let _ = processor.child.kill();
     let _ = processor.child.wait();
+    let mut latencies: Vec<f64> = outcomes
+        .iter()
+        .map(|(created, _, received, _)| (received - created) as f64)
+        .collect();
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
+    let hops = if breakdown {
+        hop_breakdown(&outcomes, &commands, &results)
+    } else {
+        Vec::new()
     };
-    (pct(0.5), pct(0.99), pct(0.999), latencies.len())
+    Latency {
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        p999: quantile(&latencies, 0.999),
+        samples: latencies.len(),
+        hops,
+    }
+}
+
+/// Splits each order's latency into [`HOPS`]: their p50 and p99, and their mean over the
+/// slowest 1% of orders (what the tail is made of). Orders whose command or result was not
+/// seen are left out.
+fn hop_breakdown(
+    outcomes: &[(i64, i64, i64, String)],
+    commands: &HashMap<String, i64>,
+    results: &HashMap<Vec<u8>, i64>,
+) -> Vec<(&'static str, f64, f64, f64)> {
+    let mut orders: Vec<[f64; 4]> = outcomes
+        .iter()
+        .filter_map(|(created, produced, received, id)| {
+            let command = *commands.get(id)?;
+            let result = *results.get(id.as_bytes())?;
+            Some([
+                (command - created) as f64,
+                (result - command) as f64,
+                (produced - result) as f64,
+                (received - produced) as f64,
+            ])
+        })
+        .collect();
+    orders.sort_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum()));
+    let tail = &orders[orders.len() - orders.len().div_ceil(100)..];
+    HOPS.iter()
+        .enumerate()
+        .map(|(i, &name)| {
+            let mut hop: Vec<f64> = orders.iter().map(|o| o[i]).collect();
+            hop.sort_by(f64::total_cmp);
+            let tail_mean = tail.iter().map(|o| o[i]).sum::<f64>() / tail.len().max(1) as f64;
+            (name, quantile(&hop, 0.5), quantile(&hop, 0.99), tail_mean)
+        })
+        .collect()
 }
 
 /// A new instance with an empty state dir restores everything from the changelogs.
@@ -920,6 +1027,31 @@ fn stack_column(cpu: Option<StackCpu>, figure: impl Fn(&StackCpu) -> f64) -> Str
     cpu.map_or_else(|| "-".to_owned(), |c| format!("{:.1}", figure(&c)))
 }
 
+/// The latency table, and with `--latency-breakdown` the hops table.
+fn print_latency(args: &Args, latency: &Latency) {
+    println!();
+    println!(
+        "| order end-to-end latency (created_at -> outcome received, read_committed) | value |"
+    );
+    println!("|---|---:|");
+    println!(
+        "| rate | {} orders/s for {} s ({} outcomes) |",
+        args.latency_rate, args.latency_seconds, latency.samples
+    );
+    println!("| p50 | {:.0} ms |", latency.p50);
+    println!("| p99 | {:.0} ms |", latency.p99);
+    println!("| p99.9 | {:.0} ms |", latency.p999);
+    if latency.hops.is_empty() {
+        return;
+    }
+    println!();
+    println!("| hop (ms) | p50 | p99 | mean of the slowest 1% of orders |");
+    println!("|---|---:|---:|---:|");
+    for (name, p50, p99, tail) in &latency.hops {
+        println!("| {name} | {p50:.0} | {p99:.0} | {tail:.0} |");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -945,6 +1077,18 @@ async fn main() {
         println!("Orders published once each processor is ready, with the clock running.");
     }
 
+    if args.latency_only {
+        let latency = latency(
+            args.latency_rate,
+            args.latency_seconds,
+            args.latency_breakdown,
+            &bootstrap,
+            &registry,
+        )
+        .await;
+        print_latency(&args, &latency);
+        return;
+    }
     let base = baseline(n, &bootstrap, &registry).await;
     let mut rows = Vec::new();
     let mut restore_source = None;
@@ -962,9 +1106,10 @@ async fn main() {
         }
         rows.push(row);
     }
-    let (p50, p99, p999, samples) = latency(
+    let latency = latency(
         args.latency_rate,
         args.latency_seconds,
+        args.latency_breakdown,
         &bootstrap,
         &registry,
     )
@@ -1016,19 +1161,8 @@ async fn main() {
             row.sync_catch_up
         );
     }
-    println!();
-    println!(
-        "| order end-to-end latency (created_at -> outcome received, read_committed) | value |"
-    );
-    println!("|---|---:|");
-    println!(
-        "| rate | {} orders/s for {} s ({samples} outcomes) |",
-        args.latency_rate, args.latency_seconds
-    );
-    println!("| p50 | {p50:.0} ms |");
-    println!("| p99 | {p99:.0} ms |");
-    println!("| p99.9 | {p999:.0} ms |");
-    if args.quick {
+    print_latency(&args, &latency);
+    if args.quick || args.latency_only {
         return;
     }
     let (restored, restore_seconds, restoring_seconds) = match &restore_source {
