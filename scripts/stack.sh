@@ -21,6 +21,9 @@
 # Downloads are cached in $STOCKFLOW_HOME/downloads; each service's config, data, log and pid file
 # live in $STOCKFLOW_HOME/stack/<service>. STOCKFLOW_HOME defaults to ~/.cache/stockflow.
 # STOCKFLOW_START_TIMEOUT (seconds, default 120) bounds the wait for each service.
+# KAFKA_HEAP_OPTS and KAFKA_JVM_PERFORMANCE_OPTS set the broker's JVM options, as in Kafka's own
+# scripts (defaults: theirs, "-Xms1g -Xmx1g" and G1 with a 20 ms pause target); its GC log is
+# $STOCKFLOW_HOME/stack/kafka/gc.log.
 #
 # Choices for a development stack:
 # - Kafka does not auto-create topics: the processor creates its internal topics and the generator
@@ -200,6 +203,8 @@ cmd_install() {
 # ---------------------------------------------------------------- kafka
 
 KAFKA_DIR="$STACK_DIR/kafka"
+KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}
+KAFKA_JVM_PERFORMANCE_OPTS=${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35}
 
 kafka_port_open() { port_open "$KAFKA_HOST" "$KAFKA_PORT"; }
 
@@ -250,8 +255,10 @@ start_kafka() {
     "$SCRIPTS_DIR/kafka" storage format --config "$KAFKA_DIR/server.properties" --cluster-id "$cluster_id" >/dev/null
   fi
   say "kafka: starting Apache Kafka $KAFKA_VERSION on $KAFKA_BOOTSTRAP_SERVERS (log: $KAFKA_DIR/kafka.log)"
+  # shellcheck disable=SC2086 # the JVM options are split into words, as Kafka's scripts do
   start_daemon "$KAFKA_DIR/kafka.pid" "$KAFKA_DIR/kafka.log" \
-    java -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    java $KAFKA_HEAP_OPTS $KAFKA_JVM_PERFORMANCE_OPTS \
+    "-Xlog:gc*:file=$KAFKA_DIR/gc.log:time,uptime,level,tags:filecount=2,filesize=20M" \
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$LIB_DIR/log4j2-kafka.properties" \
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties"
   wait_for kafka "$KAFKA_DIR/kafka.log" "$KAFKA_DIR/kafka.pid" kafka_port_open
