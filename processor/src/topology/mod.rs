@@ -10,7 +10,8 @@
 //!   inventory adjustments against the stock of each sku; stock never goes negative.
 //!
 //! The records that travel between them on internal topics, and the store values, are defined
-//! here and serialized as JSON (they are internal; the external contracts are Avro).
+//! here and serialized in the runtime's internal format (`runtime::format`: postcard; the
+//! external contracts are Avro).
 
 pub mod inventory;
 pub mod order;
