@@ -1027,6 +1027,57 @@ fn stack_column(cpu: Option<StackCpu>, figure: impl Fn(&StackCpu) -> f64) -> Str
     cpu.map_or_else(|| "-".to_owned(), |c| format!("{:.1}", figure(&c)))
 }
 
+/// The throughput table: the baseline, then the processor rows.
+fn print_throughput(base: &Row, rows: &[Row]) {
+    let base_rate = base.orders as f64 / base.seconds;
+    println!();
+    println!(
+        "| run | orders | start-up s | seconds | orders/s | vs baseline | machine CPU busy | commit s | process s | CPU s | broker CPU s | PostgreSQL CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.0}% | {:.1} | - | {:.1} | {} | {} | {:.0} (bench process) | - | - | - |",
+        base.name,
+        base.orders,
+        base.startup,
+        base.seconds,
+        base_rate,
+        base.machine_busy * 100.0,
+        base.commit_seconds,
+        base.cpu,
+        stack_column(base.stack_cpu, |s| s.broker),
+        stack_column(base.stack_cpu, |s| s.postgres),
+        base.rss_mb
+    );
+    for row in rows {
+        let rate = row.measured as f64 / row.seconds;
+        let orders = if row.measured == row.orders {
+            row.orders.to_string()
+        } else {
+            format!("{} (of {})", row.measured, row.orders)
+        };
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0}% | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
+            row.name,
+            orders,
+            row.startup,
+            row.seconds,
+            rate,
+            rate / base_rate,
+            row.machine_busy * 100.0,
+            row.commit_seconds,
+            row.process_seconds,
+            row.cpu,
+            stack_column(row.stack_cpu, |s| s.broker),
+            stack_column(row.stack_cpu, |s| s.postgres),
+            row.rss_mb,
+            row.sync_rows_per_second,
+            row.sync_max_lag,
+            row.sync_catch_up
+        );
+    }
+}
+
 /// The latency table, and with `--latency-breakdown` the hops table.
 fn print_latency(args: &Args, latency: &Latency) {
     println!();
@@ -1077,19 +1128,8 @@ async fn main() {
         println!("Orders published once each processor is ready, with the clock running.");
     }
 
-    if args.latency_only {
-        let latency = latency(
-            args.latency_rate,
-            args.latency_seconds,
-            args.latency_breakdown,
-            &bootstrap,
-            &registry,
-        )
-        .await;
-        print_latency(&args, &latency);
-        return;
-    }
-    let base = baseline(n, &bootstrap, &registry).await;
+    // The throughput runs come first: they also warm the broker up for the latency run.
+    let mut base = None;
     let mut rows = Vec::new();
     let mut restore_source = None;
     let runs = [
@@ -1098,7 +1138,14 @@ async fn main() {
         ("multi-line (1-5), exactly_once_v2", 5, "exactly_once_v2"),
         ("multi-line (1-5), at_least_once", 5, "at_least_once"),
     ];
-    let runs = if args.quick { &runs[..1] } else { &runs[..] };
+    let runs = match (args.latency_only, args.quick) {
+        (true, _) => &runs[..0],
+        (false, true) => &runs[..1],
+        (false, false) => &runs[..],
+    };
+    if !args.latency_only {
+        base = Some(baseline(n, &bootstrap, &registry).await);
+    }
     for &(name, lines, guarantee) in runs {
         let (row, prefix, app) = throughput(name, lines, guarantee, n, &bootstrap, &registry).await;
         if restore_source.is_none() {
@@ -1114,52 +1161,8 @@ async fn main() {
         &registry,
     )
     .await;
-    let base_rate = base.orders as f64 / base.seconds;
-    println!();
-    println!(
-        "| run | orders | start-up s | seconds | orders/s | vs baseline | machine CPU busy | commit s | process s | CPU s | broker CPU s | PostgreSQL CPU s | peak RSS MiB | sync rows/s | max sync lag | read model complete after |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {} | {} | {:.1} | {:.1} | {:.0} | 1.00 | {:.0}% | {:.1} | - | {:.1} | {} | {} | {:.0} (bench process) | - | - | - |",
-        base.name,
-        base.orders,
-        base.startup,
-        base.seconds,
-        base_rate,
-        base.machine_busy * 100.0,
-        base.commit_seconds,
-        base.cpu,
-        stack_column(base.stack_cpu, |s| s.broker),
-        stack_column(base.stack_cpu, |s| s.postgres),
-        base.rss_mb
-    );
-    for row in &rows {
-        let rate = row.measured as f64 / row.seconds;
-        let orders = if row.measured == row.orders {
-            row.orders.to_string()
-        } else {
-            format!("{} (of {})", row.measured, row.orders)
-        };
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0}% | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} | {:.0} | {:.1} s | +{:.1} s |",
-            row.name,
-            orders,
-            row.startup,
-            row.seconds,
-            rate,
-            rate / base_rate,
-            row.machine_busy * 100.0,
-            row.commit_seconds,
-            row.process_seconds,
-            row.cpu,
-            stack_column(row.stack_cpu, |s| s.broker),
-            stack_column(row.stack_cpu, |s| s.postgres),
-            row.rss_mb,
-            row.sync_rows_per_second,
-            row.sync_max_lag,
-            row.sync_catch_up
-        );
+    if let Some(base) = &base {
+        print_throughput(base, &rows);
     }
     print_latency(&args, &latency);
     if args.quick || args.latency_only {
