@@ -57,8 +57,9 @@ const IDLE_POLL: Duration = Duration::from_millis(20);
 /// this fraction of the commit interval old, instead of waiting for the whole interval: every
 /// hop through a repartition topic waits for a commit, so this is most of an order's latency
 /// under light load. Under full load the input is never drained and the interval governs.
-/// (Not smaller: the next transaction's first records wait about 20 ms anyway, while the
-/// broker finishes the previous one; see ARCHITECTURE.md.)
+/// (An eighth made no difference beyond the machine's noise in six alternated pairs of latency
+/// runs, and every commit costs the broker a marker on each partition the transaction wrote;
+/// see BENCHMARKS.md, session 8.)
 const EARLY_COMMIT_DIVISOR: u32 = 4;
 
 /// What the engine needs to know.
