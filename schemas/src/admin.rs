@@ -7,7 +7,9 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
 
 /// How long a metadata or admin call may take before the broker counts as unreachable.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,31 +62,54 @@ pub fn client_config(bootstrap: &str, extra: &[(String, String)]) -> ClientConfi
     config
 }
 
+/// A connection to the cluster for metadata requests, whose errors name the bootstrap servers.
+struct Cluster {
+    client: BaseConsumer,
+    bootstrap: String,
+}
+
+impl Cluster {
+    fn connect(config: &ClientConfig) -> Result<Self, AdminError> {
+        let bootstrap = config
+            .get("bootstrap.servers")
+            .unwrap_or_default()
+            .to_owned();
+        let client = config.create().map_err(|e| unreachable(&bootstrap, e))?;
+        Ok(Self { client, bootstrap })
+    }
+
+    /// The metadata of every topic, in one call.
+    fn metadata(&self) -> Result<Metadata, AdminError> {
+        self.client
+            .fetch_metadata(None, ADMIN_TIMEOUT)
+            .map_err(|e| unreachable(&self.bootstrap, e))
+    }
+
+    fn partition_counts(&self, names: &[&str]) -> Result<HashMap<String, i32>, AdminError> {
+        Ok(self
+            .metadata()?
+            .topics()
+            .iter()
+            .filter(|t| names.contains(&t.name()) && t.error().is_none())
+            .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+            .collect())
+    }
+}
+
+fn unreachable(bootstrap: &str, error: KafkaError) -> AdminError {
+    AdminError::Unreachable {
+        bootstrap: bootstrap.to_owned(),
+        reason: error.to_string(),
+    }
+}
+
 /// The partition count of every topic in `names` that exists (metadata of the whole cluster,
 /// one call). Fails with [`AdminError::Unreachable`] when no broker answers.
 pub fn partition_counts(
     config: &ClientConfig,
     names: &[&str],
 ) -> Result<HashMap<String, i32>, AdminError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let bootstrap = config
-        .get("bootstrap.servers")
-        .unwrap_or_default()
-        .to_owned();
-    let unreachable = |e: rdkafka::error::KafkaError| AdminError::Unreachable {
-        bootstrap: bootstrap.clone(),
-        reason: e.to_string(),
-    };
-    let consumer: BaseConsumer = config.create().map_err(unreachable)?;
-    let metadata = consumer
-        .fetch_metadata(None, ADMIN_TIMEOUT)
-        .map_err(unreachable)?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|t| names.contains(&t.name()) && t.error().is_none())
-        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
-        .collect())
+    Cluster::connect(config)?.partition_counts(names)
 }
 
 /// Creates each topic in `specs` that does not exist yet (replication factor 1 on a
@@ -95,7 +120,8 @@ pub async fn ensure_topics(
     specs: &[TopicSpec],
 ) -> Result<HashMap<String, i32>, AdminError> {
     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    let existing = partition_counts(config, &names)?;
+    let cluster = Cluster::connect(config)?;
+    let existing = cluster.partition_counts(&names)?;
     let missing: Vec<&TopicSpec> = specs
         .iter()
         .filter(|s| !existing.contains_key(&s.name))
@@ -103,15 +129,9 @@ pub async fn ensure_topics(
     if missing.is_empty() {
         return Ok(existing);
     }
-    let bootstrap = config
-        .get("bootstrap.servers")
-        .unwrap_or_default()
-        .to_owned();
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(|e| AdminError::Unreachable {
-            bootstrap,
-            reason: e.to_string(),
-        })?;
+    let admin: AdminClient<DefaultClientContext> = config
+        .create()
+        .map_err(|e| unreachable(&cluster.bootstrap, e))?;
     let new_topics: Vec<NewTopic> = missing
         .iter()
         .map(|spec| {
@@ -143,7 +163,7 @@ pub async fn ensure_topics(
         }
     }
     let created: Vec<&str> = missing.iter().map(|s| s.name.as_str()).collect();
-    await_visible(config, &created).await?;
+    await_visible(&cluster, &created).await?;
     let mut counts = existing;
     counts.extend(missing.iter().map(|s| (s.name.clone(), s.partitions)));
     Ok(counts)
@@ -157,25 +177,10 @@ const VISIBLE_POLL: Duration = Duration::from_millis(50);
 /// subscribes to it meanwhile is assigned none of its partitions and, with librdkafka, only
 /// notices the topic at its next metadata refresh, minutes later. (Kafka Streams' internal
 /// topic manager likewise describes the topics it created until they are ready.)
-async fn await_visible(config: &ClientConfig, names: &[&str]) -> Result<(), AdminError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let bootstrap = config
-        .get("bootstrap.servers")
-        .unwrap_or_default()
-        .to_owned();
-    let consumer: BaseConsumer = config.create().map_err(|e| AdminError::Unreachable {
-        bootstrap: bootstrap.clone(),
-        reason: e.to_string(),
-    })?;
+async fn await_visible(cluster: &Cluster, names: &[&str]) -> Result<(), AdminError> {
     let deadline = tokio::time::Instant::now() + ADMIN_TIMEOUT;
     loop {
-        let metadata =
-            consumer
-                .fetch_metadata(None, ADMIN_TIMEOUT)
-                .map_err(|e| AdminError::Unreachable {
-                    bootstrap: bootstrap.clone(),
-                    reason: e.to_string(),
-                })?;
+        let metadata = cluster.metadata()?;
         let ready = |name: &&str| {
             metadata.topics().iter().any(|t| {
                 t.name() == *name
