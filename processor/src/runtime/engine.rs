@@ -322,8 +322,11 @@ pub fn run_engine(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "5000")
-        // A read_committed fetch is answered when data is appended, not when a commit marker
-        // moves the stable offset: without a short wait every hop could sit out 500 ms.
+        // Fetches wait at most 20 ms for data, not Kafka's 500: librdkafka keeps one fetch in
+        // flight per broker, so a long wait on idle partitions would hold up the first fetch
+        // after a rewind or a new assignment. (The wait was shortened because a commit marker
+        // seemed not to answer a waiting read_committed fetch; on Kafka 4.1 it does: at 2
+        // orders/s each hop took as long with 500 ms. BENCHMARKS.md, session 9.)
         .set(
             "fetch.wait.max.ms",
             config.client.get("fetch.wait.max.ms").unwrap_or("20"),
