@@ -490,20 +490,21 @@ async fn throughput(
 /// Committed changes as the engine hands them to the sync: orders `first..first + n` (1-3
 /// lines each, decided) of an orders task, or skus `first..first + n` of an inventory task.
 fn bench_changes(
-    sub: processor::runtime::task::SubTopology,
+    store: &'static str,
     first: u64,
     n: u64,
     offset: i64,
-) -> processor::readmodel::Changes {
+) -> processor::runtime::store::Applied {
     use processor::runtime::store::Store;
-    use processor::runtime::task::{SubTopology, TaskId};
+    use processor::runtime::task::TaskId;
+    use processor::topology::ORDERS_STORE;
     use processor::topology::inventory::{SkuRecord, keys};
     use processor::topology::order::{OrderRecord, OrderStatus};
     use schemas::OrderLine;
 
     let entries = (first..first + n)
-        .map(|i| match sub {
-            SubTopology::Orders => (
+        .map(|i| match store {
+            ORDERS_STORE => (
                 format!("bench-order-{i:08}").into_bytes(),
                 Store::encode(&OrderRecord {
                     customer_id: format!("customer-{}", i % 5000),
@@ -521,7 +522,7 @@ fn bench_changes(
                     decided_at: Some(now_millis()),
                 }),
             ),
-            SubTopology::Inventory => (
+            _ => (
                 keys::sku(&format!("SKU-{:06}", i % 1000)).into_bytes(),
                 Store::encode(&SkuRecord {
                     available: 100,
@@ -533,8 +534,10 @@ fn bench_changes(
             ),
         })
         .collect();
-    processor::readmodel::Changes {
+    let sub = if store == ORDERS_STORE { 0 } else { 1 };
+    processor::runtime::store::Applied {
         task: TaskId { sub, partition: 0 },
+        store,
         changelog_offset: offset,
         entries,
         committed_at: Instant::now(),
@@ -548,12 +551,12 @@ fn bench_changes(
 async fn sync_write(database_url: &str, orders: u64) -> [(u64, f64); 3] {
     use processor::readmodel::Pending;
     use processor::readmodel::postgres::{CHUNK, Written, connect, write_in_chunks};
-    use processor::runtime::task::SubTopology;
+    use processor::topology::{INVENTORY_STORE, ORDERS_STORE};
 
     let batch = |n: u64, offset: i64| {
         let mut pending = Pending::default();
-        pending.add(bench_changes(SubTopology::Orders, 0, n, offset));
-        pending.add(bench_changes(SubTopology::Inventory, 0, 1000, offset));
+        pending.add(bench_changes(ORDERS_STORE, 0, n, offset));
+        pending.add(bench_changes(INVENTORY_STORE, 0, 1000, offset));
         pending
     };
     let rows = |w: Written| w.inventory + w.orders + w.order_lines;
@@ -590,7 +593,7 @@ async fn sync_write(database_url: &str, orders: u64) -> [(u64, f64); 3] {
 /// `stockflow_sync_lag_seconds` sampled, and the rows written per second.
 async fn sync_lag_at(database_url: &str, rate: u64, seconds: u64) -> (f64, f64) {
     use processor::readmodel::postgres::{connect, run_sync};
-    use processor::runtime::task::SubTopology;
+    use processor::topology::{INVENTORY_STORE, ORDERS_STORE};
 
     let schema = bench_schema(&unique("sync-lag"));
     let pool = connect(database_url, &schema)
@@ -613,16 +616,11 @@ async fn sync_lag_at(database_url: &str, rate: u64, seconds: u64) -> (f64, f64) 
         let offset = commit as i64 * 10 + 10;
         let first = commit * per_commit;
         sender
-            .send(bench_changes(
-                SubTopology::Orders,
-                first,
-                per_commit,
-                offset,
-            ))
+            .send(bench_changes(ORDERS_STORE, first, per_commit, offset))
             .expect("the sync runs");
         sender
             .send(bench_changes(
-                SubTopology::Inventory,
+                INVENTORY_STORE,
                 first,
                 per_commit.min(1000),
                 offset,
@@ -859,8 +857,9 @@ async fn latency(
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    let internal = processor::runtime::topics::TopologyTopics::new(&app, topics.clone());
-    let (commands_topic, results_topic) = (internal.order_lines, internal.line_results);
+    let (internal, wiring) = processor::topology::describe_wired(&app, &topics);
+    let commands_topic = internal.sink(wiring.line_commands).to_owned();
+    let results_topic = internal.sink(wiring.line_results).to_owned();
     let mut assigned = vec![&topics.orders_confirmed, &topics.orders_rejected];
     if breakdown {
         assigned.extend([&commands_topic, &results_topic]);
@@ -906,9 +905,8 @@ async fn latency(
                 .await
                 .map(|r| (r.created_at, r.order_id))
         } else if m.topic() == commands_topic {
-            if let Ok(envelope) = processor::runtime::format::decode::<
-                processor::runtime::engine::CommandEnvelope,
-            >(payload)
+            if let Ok(envelope) =
+                processor::runtime::format::decode::<processor::topology::CommandEnvelope>(payload)
             {
                 let (processor::topology::LineCommand::Reserve { order_id, .. }
                 | processor::topology::LineCommand::Release { order_id, .. }) = envelope.command;

@@ -13,8 +13,6 @@ use std::str::FromStr;
 use processor::app::Running;
 use processor::cli::RunArgs;
 use processor::runtime::format;
-use processor::runtime::task::SubTopology;
-use processor::runtime::topics::TopologyTopics;
 use processor::topology::inventory::{SkuRecord, keys};
 use schemas::cli::ConnectionArgs;
 use schemas::testkit::{Isolation, Record, read_topic, read_topics, stack, unique};
@@ -431,10 +429,13 @@ impl World {
     /// The processor's inventory state: the last committed value of every sku key in the
     /// inventory store's changelog (sku -> (available, reserved)).
     pub async fn processor_inventory(&self) -> HashMap<String, (i64, i64)> {
-        let topics = TopologyTopics::new(&self.application_id, self.topics.clone());
+        let topology = processor::topology::describe(&self.application_id, &self.topics);
+        let changelog = topology
+            .changelog(processor::topology::INVENTORY_STORE)
+            .expect("the inventory store has a changelog");
         let records = read_topic(
             &self.bootstrap,
-            topics.changelog(SubTopology::Inventory),
+            changelog,
             Isolation::ReadCommitted,
             1,
             Duration::from_secs(3),
