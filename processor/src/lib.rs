@@ -11,6 +11,7 @@
 //! - [`runtime`]: the engine, tasks, stores, restore, exactly-once / at-least-once.
 //! - [`readmodel`]: the PostgreSQL read model and its periodic, offset-guarded sync.
 //! - [`metrics`]: every metric, registered on an explicit registry.
+//! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
 
 pub mod app;

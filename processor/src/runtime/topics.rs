@@ -7,9 +7,9 @@
 //! repartition topic), and each store's changelog has one partition per task. The processor
 //! creates what is missing with the right counts and refuses to start on a mismatch.
 
+use plumbing::admin::{AdminError, TopicSpec, ensure_topics};
 use rdkafka::ClientConfig;
 use schemas::Topics;
-use schemas::admin::{AdminError, TopicSpec, ensure_topics};
 
 use super::task::{Source, SubTopology};
 
