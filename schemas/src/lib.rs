@@ -8,7 +8,8 @@
 //!
 //! Layout:
 //! - [`events`]: the event types and the [`Contract`] trait tying each to its schema and topic.
-//! - [`codec`]: encode/decode through the schema registry, with ids and schemas cached.
+//! - [`codec`]: encode/decode through the schema registry, with ids and schemas cached; or
+//!   offline, with fixed ids, for benchmarks and tests.
 //! - [`registry`]: register the contracts, pin compatibility, check a changed schema.
 //! - [`cli`]: the `schemas` subcommand (register, check, list) both binaries offer.
 //! - [`topics`]: topic and subject names.
