@@ -500,7 +500,7 @@ cmd_psql() {
   exec "$PG_BIN/psql" "$DATABASE_URL" "$@"
 }
 
-# Tests and benchmarks name their topics <name>-<pid or number>-... (schemas::testkit::unique)
+# Tests and benchmarks name their topics <name>-<pid or number>-... (testkit::unique)
 # and their read-model schemas t_... or bench_...; thousands of leftover partitions make
 # Kafka's start-up take minutes. The topics of `scripts/run.sh` (no number in the prefix) are
 # kept. (No comma in the topic pattern: Kafka's tools read one as |.)

@@ -5,7 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use schemas::cli::{ConnectionArgs, run_schemas_command};
+use plumbing::connection::ConnectionArgs;
+use schemas::cli::run_schemas_command;
 use schemas::{OrderCreated, OrderLine, now_millis};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +47,14 @@ impl std::fmt::Display for RunSummary {
 /// Runs one generator command to completion (or until `shutdown`).
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Schemas(command) => run_schemas_command(&cli.connection, command).await?,
+        Command::Schemas(command) => {
+            run_schemas_command(
+                &cli.connection.schema_registry_url,
+                &cli.connection.topics(),
+                command,
+            )
+            .await?
+        }
         Command::Seed(args) => {
             let delivered = seed(&cli.connection, args).await?;
             println!("seeded {} products", delivered.acknowledged);

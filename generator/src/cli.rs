@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use schemas::cli::{ConnectionArgs, SchemasCommand};
+use plumbing::connection::ConnectionArgs;
+use schemas::cli::SchemasCommand;
 
 /// Publishes Stockflow's inputs: the catalog's initial stock and a stream of orders.
 #[derive(Debug, Clone, Parser)]

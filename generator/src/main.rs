@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use generator::cli::Cli;
-use schemas::process::{exit_code, init_tracing, shutdown_on_signals};
+use plumbing::process::{exit_code, init_tracing, shutdown_on_signals};
 
 #[tokio::main]
 async fn main() -> ExitCode {

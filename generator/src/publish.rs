@@ -3,10 +3,10 @@
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use plumbing::admin::{AdminError, TopicSpec, ensure_topics};
+use plumbing::connection::ConnectionArgs;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use schemas::admin::{AdminError, TopicSpec, ensure_topics};
-use schemas::cli::ConnectionArgs;
 use schemas::registry::RegistryError;
 use schemas::{Codec, CodecError, Contract, Registry, Topics};
 
@@ -78,7 +78,7 @@ impl Publisher {
             .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("partitioner", schemas::admin::PARTITIONER)
+            .set("partitioner", plumbing::admin::PARTITIONER)
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "1000000")

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use generator::app::{run_orders, seed};
 use generator::cli::{Cli, Command};
-use schemas::testkit::{Isolation, Record, read_topic, stack, unique};
 use schemas::{AdjustmentReason, Codec, InventoryAdjusted, OrderCreated};
+use testkit::{Isolation, Record, read_at_least, stack, unique};
 use tokio_util::sync::CancellationToken;
 
 /// Parses a generator command line against the test stack, with its own topic prefix.
@@ -65,14 +65,12 @@ async fn seed_then_run_publish_exactly_the_expected_events() {
 
     let topics = seed_cli.connection.topics();
     let codec = Codec::new(&stack.schema_registry_url, &topics).expect("codec");
-    let quiet = Duration::from_secs(2);
     let deadline = Duration::from_secs(60);
-    let records = read_topic(
+    let records = read_at_least(
         &stack.bootstrap_servers,
-        &topics.inventory_adjustments,
+        &[topics.inventory_adjustments.as_str()],
         Isolation::ReadCommitted,
         14,
-        quiet,
         deadline,
     )
     .await;
@@ -130,12 +128,11 @@ async fn seed_then_run_publish_exactly_the_expected_events() {
         "{summary}"
     );
 
-    let records = read_topic(
+    let records = read_at_least(
         &stack.bootstrap_servers,
-        &topics.orders,
+        &[topics.orders.as_str()],
         Isolation::ReadCommitted,
         10_000,
-        quiet,
         deadline,
     )
     .await;
@@ -216,12 +213,11 @@ async fn the_same_seed_publishes_the_same_orders() {
             .expect("runs");
         let topics = run_cli.connection.topics();
         let codec = Codec::new(&stack.schema_registry_url, &topics).expect("codec");
-        let records = read_topic(
+        let records = read_at_least(
             &stack.bootstrap_servers,
-            &topics.orders,
+            &[topics.orders.as_str()],
             Isolation::ReadCommitted,
             500,
-            Duration::from_secs(1),
             Duration::from_secs(60),
         )
         .await;

@@ -28,14 +28,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use plumbing::admin::{TopicSpec, ensure_topics};
+use plumbing::connection::ConnectionArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::admin::{TopicSpec, ensure_topics};
-use schemas::cli::ConnectionArgs;
-use schemas::testkit::{stack, unique};
 use schemas::{Codec, OrderConfirmed, OrderRejected, now_millis};
+use testkit::{stack, unique};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: &str = "4";

@@ -15,7 +15,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
-use schemas::cli::ConnectionArgs;
+use plumbing::connection::ConnectionArgs;
 use schemas::{Codec, Registry};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

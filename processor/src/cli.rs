@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use schemas::cli::{ConnectionArgs, SchemasCommand};
+use plumbing::connection::ConnectionArgs;
+use schemas::cli::SchemasCommand;
 
 use crate::runtime::guarantee::ProcessingGuarantee;
 

@@ -14,6 +14,7 @@
 //!   at-least-once, the topology test driver.
 //! - [`readmodel`]: the PostgreSQL read model and its periodic, offset-guarded sync.
 //! - [`metrics`]: every metric, registered on an explicit registry.
+//! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
 
 pub mod app;

@@ -2,9 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
+use plumbing::process::{exit_code, init_tracing, shutdown_on_signals};
 use processor::cli::{Cli, Command};
 use schemas::cli::run_schemas_command;
-use schemas::process::{exit_code, init_tracing, shutdown_on_signals};
 
 /// The engine allocates and frees small buffers for every record (keys, store values, Avro
 /// and Kafka payloads); with glibc's allocator, `malloc` and `free` were 13% of its time.
@@ -23,8 +23,12 @@ async fn main() -> ExitCode {
             from_beginning,
             limit,
         } => processor::tail::tail(&cli.connection, *from_beginning, *limit, shutdown).await,
-        Command::Schemas(command) => run_schemas_command(&cli.connection, command)
-            .await
-            .map_err(Into::into),
+        Command::Schemas(command) => run_schemas_command(
+            &cli.connection.schema_registry_url,
+            &cli.connection.topics(),
+            command,
+        )
+        .await
+        .map_err(Into::into),
     })
 }

@@ -8,6 +8,20 @@ use prometheus::{
     Registry,
 };
 
+/// Every `outcome`, `reason` pair of `stockflow_order_outcomes_total`.
+pub const ORDER_OUTCOMES: [(&str, &str); 4] = [
+    ("confirmed", "none"),
+    ("rejected", "insufficient_stock"),
+    ("rejected", "unknown_sku"),
+    ("rejected", "invalid_order"),
+];
+/// Every `outcome` of `stockflow_transactions_total`.
+pub const TRANSACTION_OUTCOMES: [&str; 2] = ["committed", "aborted"];
+/// Every `table` of `stockflow_sync_rows_total`: the read model's tables.
+pub const SYNC_TABLES: [&str; 3] = ["inventory", "orders", "order_lines"];
+/// Every `kind` of `stockflow_rebalances_total`.
+pub const REBALANCE_KINDS: [&str; 2] = ["assigned", "revoked"];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -226,26 +240,41 @@ impl Metrics {
     /// Exports every known label combination at zero from the start, so dashboards show a
     /// flat line rather than no data before the first event of a kind.
     pub fn initialize_labels(&self, input_topics: &[&str]) {
-        for (outcome, reason) in [
-            ("confirmed", "none"),
-            ("rejected", "insufficient_stock"),
-            ("rejected", "unknown_sku"),
-            ("rejected", "invalid_order"),
-        ] {
+        for (outcome, reason) in ORDER_OUTCOMES {
             self.order_outcomes.with_label_values(&[outcome, reason]);
         }
-        for outcome in ["committed", "aborted"] {
+        for outcome in TRANSACTION_OUTCOMES {
             self.transactions.with_label_values(&[outcome]);
         }
-        for table in ["inventory", "orders", "order_lines"] {
+        for table in SYNC_TABLES {
             self.sync_rows.with_label_values(&[table]);
         }
-        for kind in ["assigned", "revoked"] {
+        for kind in REBALANCE_KINDS {
             self.rebalances.with_label_values(&[kind]);
         }
         for topic in input_topics {
             self.dlq_records.with_label_values(&[topic]);
         }
+    }
+
+    /// Orders decided so far, every outcome and reason.
+    pub fn orders_decided(&self) -> u64 {
+        ORDER_OUTCOMES
+            .iter()
+            .map(|&(outcome, reason)| {
+                self.order_outcomes
+                    .with_label_values(&[outcome, reason])
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Rows written to the read model so far, every table.
+    pub fn sync_rows_written(&self) -> u64 {
+        SYNC_TABLES
+            .iter()
+            .map(|&table| self.sync_rows.with_label_values(&[table]).get())
+            .sum()
     }
 
     /// The Prometheus text exposition of every metric.

@@ -21,13 +21,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use plumbing::admin::{ADMIN_TIMEOUT, partition_counts};
+use plumbing::connection::ConnectionArgs;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use schemas::admin::{ADMIN_TIMEOUT, partition_counts};
-use schemas::cli::ConnectionArgs;
 
 use crate::cli::{ResetArgs, ResetPosition};
 use crate::readmodel::postgres;

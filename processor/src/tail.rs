@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use plumbing::connection::ConnectionArgs;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use schemas::cli::ConnectionArgs;
 use schemas::{Codec, InventoryUpdated, OrderConfirmed, OrderRejected, now_millis};
 use tokio_util::sync::CancellationToken;
 

@@ -6,12 +6,12 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use schemas::testkit::Isolation;
 use schemas::{
     AdjustmentMode, AdjustmentReason, InventoryAdjusted, InventoryChangeReason, InventoryUpdated,
     RejectionReason, now_millis,
 };
-use support::{World, final_stock, order};
+use support::{World, final_stock, initial_stock, order};
+use testkit::Isolation;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -315,11 +315,11 @@ async fn bad_records_are_dead_lettered_and_the_pipeline_goes_on() {
 async fn mismatched_partition_counts_are_refused() {
     let world = World::new("copart").await;
     let config = world.connection.client_config();
-    schemas::admin::ensure_topics(
+    plumbing::admin::ensure_topics(
         &config,
         &[
-            schemas::admin::TopicSpec::new(&world.topics.orders, 4),
-            schemas::admin::TopicSpec::new(
+            plumbing::admin::TopicSpec::new(&world.topics.orders, 4),
+            plumbing::admin::TopicSpec::new(
                 format!("{}-line-results-repartition", world.application_id),
                 3,
             ),
@@ -346,10 +346,7 @@ async fn a_hundred_thousand_orders_each_get_exactly_one_outcome() {
     let world = World::new("scale").await;
     let synthetic = 40;
     world.seed(synthetic, 300).await;
-    let initial: HashMap<String, i64> = generator::catalog::catalog(synthetic, 300)
-        .into_iter()
-        .map(|p| (p.sku, p.initial_stock))
-        .collect();
+    let initial = initial_stock(synthetic, 300);
     let (running, token) = world.start(&[]).await;
 
     // Restocks arrive while the orders do.

@@ -9,8 +9,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use schemas::testkit::stack;
-use support::{World, decided};
+use support::{World, initial_stock};
+use testkit::stack;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -40,13 +40,13 @@ async fn a_postgres_outage_never_pauses_processing_and_the_read_model_catches_up
 
     stack().await.stop_postgres().await;
     let stopped = Instant::now();
-    let at_stop = decided(&metrics);
+    let at_stop = metrics.orders_decided();
     let errors_at_stop = metrics.sync_errors.get();
     // Outcomes keep arriving while PostgreSQL is down, second after second.
     let mut during = Vec::new();
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        during.push(decided(&metrics));
+        during.push(metrics.orders_decided());
     }
     let pauses: Vec<_> = during.windows(2).filter(|w| w[1] <= w[0]).collect();
     eprintln!(
@@ -74,10 +74,7 @@ async fn a_postgres_outage_never_pauses_processing_and_the_read_model_catches_up
 
     let summary = generator.await.expect("the generator finished");
     let distinct = (summary.valid + summary.invalid) as usize;
-    let initial: HashMap<String, i64> = generator::catalog::catalog(synthetic, 400)
-        .into_iter()
-        .map(|p| (p.sku, p.initial_stock))
-        .collect();
+    let initial = initial_stock(synthetic, 400);
     let outcomes = world
         .check_invariants(distinct, &initial, &HashMap::new())
         .await;

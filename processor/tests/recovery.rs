@@ -4,117 +4,22 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use support::{OffsetWatch, World};
+use support::{OffsetWatch, World, initial_stock};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
-struct ProcessorChild {
-    child: Child,
-    metrics: SocketAddr,
-}
-
-fn spawn(world: &World, state_dir: &std::path::Path) -> ProcessorChild {
-    spawn_with(world, state_dir, &[])
-}
-
-fn spawn_with(world: &World, state_dir: &std::path::Path, extra: &[&str]) -> ProcessorChild {
-    let metrics = free_addr();
-    // A dead instance is noticed after 6 s instead of 45 s.
-    let mut args = vec!["-X", "session.timeout.ms=6000"];
-    args.extend_from_slice(extra);
-    let child = Command::new(env!("CARGO_BIN_EXE_processor"))
-        .args(world.child_args(state_dir, metrics, &args))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the processor binary starts");
-    ProcessorChild { child, metrics }
-}
-
-/// One metric's value (summed over its label sets) from a child's /metrics.
-async fn scrape(addr: SocketAddr, name: &str) -> Option<f64> {
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let values: Vec<f64> = body
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
-async fn wait_ready(child: &ProcessorChild, deadline: Duration) {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = reqwest::get(format!("http://{}/ready", child.metrics)).await
-            && response.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "the processor at {} was not ready in {deadline:?}",
-            child.metrics
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn kill(mut child: ProcessorChild) {
-    // SIGKILL: no chance to commit, flush or leave the group.
-    child.child.kill().expect("SIGKILL the processor");
-    let _ = child.child.wait();
-}
-
-impl Drop for ProcessorChild {
-    /// A failing test must not leave processors running behind it.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Records in the changelogs (the sum of their partitions' end offsets).
+/// Records in the changelogs (the sum of their partitions' high watermarks).
 fn changelog_size(world: &World) -> i64 {
-    let consumer: BaseConsumer = world
-        .connection
-        .client_config()
-        .create()
-        .expect("a consumer");
-    let mut total = 0;
-    for store in ["orders", "inventory"] {
-        let topic = format!("{}-{store}-changelog", world.application_id);
-        for partition in 0..4 {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                .expect("watermarks");
-            total += high;
-        }
-    }
-    total
-}
-
-fn initial_stock(synthetic: u32, stock: i64) -> HashMap<String, i64> {
-    generator::catalog::catalog(synthetic, stock)
-        .into_iter()
-        .map(|p| (p.sku, p.initial_stock))
-        .collect()
+    let changelogs: Vec<String> = ["orders", "inventory"]
+        .iter()
+        .map(|store| format!("{}-{store}-changelog", world.application_id))
+        .collect();
+    let changelogs: Vec<&str> = changelogs.iter().map(String::as_str).collect();
+    testkit::kafka::high_watermarks(&world.bootstrap, &changelogs)
+        .values()
+        .sum()
 }
 
 #[tokio::test]
@@ -137,8 +42,8 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
         "0.01",
     ]);
 
-    let mut child = spawn(&world, state.path());
-    wait_ready(&child, MINUTE).await;
+    let mut child = world.spawn_processor(state.path(), &[]);
+    child.wait_ready(MINUTE).await;
     // No row of the read model may go backwards at any sync, across the kills.
     let watch = OffsetWatch::start(world.pg().await, Duration::from_millis(700));
     let mut rng_state = 7u64;
@@ -149,15 +54,17 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
             .wrapping_add(1442695040888963407);
         let pause = 2000 + (rng_state >> 33) % 2000;
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        let decided = scrape(child.metrics, "stockflow_order_outcomes_total")
+        let decided = child
+            .metric("stockflow_order_outcomes_total")
             .await
             .unwrap_or(0.0);
         eprintln!("round {round}: killing after {pause} ms, {decided} outcomes so far");
-        kill(child);
+        child.kill();
         let before_restart = changelog_size(&world);
-        child = spawn(&world, state.path());
-        wait_ready(&child, 3 * MINUTE).await;
-        let restored = scrape(child.metrics, "stockflow_restored_records_total")
+        child = world.spawn_processor(state.path(), &[]);
+        child.wait_ready(3 * MINUTE).await;
+        let restored = child
+            .metric("stockflow_restored_records_total")
             .await
             .expect("restore metric");
         eprintln!("round {round}: restored {restored} of {before_restart} changelog records");
@@ -186,7 +93,7 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
         "no row's source offset ever went down: {:?}",
         &regressions[..regressions.len().min(5)]
     );
-    kill(child);
+    child.kill();
 }
 
 #[tokio::test]
@@ -201,9 +108,9 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
 
     // a runs two engine threads, so three group members share the tasks, and when b dies its
     // tasks move to a's threads.
-    let a = spawn_with(&world, state_a.path(), &["--num-stream-threads", "2"]);
-    wait_ready(&a, MINUTE).await;
-    let b = spawn(&world, state_b.path());
+    let a = world.spawn_processor(state_a.path(), &["--num-stream-threads", "2"]);
+    a.wait_ready(MINUTE).await;
+    let b = world.spawn_processor(state_b.path(), &[]);
     let summary = world
         .run_generator(
             30_000,
@@ -221,10 +128,12 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
     // (bounded) until every task is owned once and both instances own some.
     let started = Instant::now();
     let (tasks_a, tasks_b) = loop {
-        let tasks_a = scrape(a.metrics, "stockflow_assigned_tasks")
+        let tasks_a = a
+            .metric("stockflow_assigned_tasks")
             .await
             .expect("a's tasks");
-        let tasks_b = scrape(b.metrics, "stockflow_assigned_tasks")
+        let tasks_b = b
+            .metric("stockflow_assigned_tasks")
             .await
             .expect("b's tasks");
         if (tasks_a > 0.0 && tasks_b > 0.0 && tasks_a + tasks_b == 8.0)
@@ -245,7 +154,7 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
         "2 sub-topologies x 4 partitions, each owned once"
     );
 
-    kill(b);
+    b.kill();
     let more = world
         .run_generator(
             10_000,
@@ -262,11 +171,12 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
         )
         .await;
     let started = Instant::now();
-    while scrape(a.metrics, "stockflow_assigned_tasks").await != Some(8.0) {
+    while a.metric("stockflow_assigned_tasks").await != Some(8.0) {
         assert!(started.elapsed() < 2 * MINUTE, "a took over every task");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let restored = scrape(a.metrics, "stockflow_restored_records_total")
+    let restored = a
+        .metric("stockflow_restored_records_total")
         .await
         .expect("restore metric");
     eprintln!("a restored {restored} changelog records of b's tasks");
@@ -279,5 +189,5 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
         .check_invariants(distinct, &initial_stock(synthetic, 400), &HashMap::new())
         .await;
     world.check_read_model(&outcomes, MINUTE).await;
-    kill(a);
+    a.kill();
 }

@@ -7,10 +7,10 @@ mod support;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
+use plumbing::admin::partition_counts;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::admin::partition_counts;
-use support::{World, decided, order};
+use support::{World, order};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -173,15 +173,21 @@ async fn reset_lets_the_next_run_reprocess_everything() {
     // The next run decides every order again and rebuilds the read model.
     let (running, token) = world.start(&[]).await;
     let deadline = Instant::now() + MINUTE;
-    while decided(&running.metrics) < orders || read_model_orders(&world).await < orders as i64 {
+    while running.metrics.orders_decided() < orders
+        || read_model_orders(&world).await < orders as i64
+    {
         assert!(
             Instant::now() < deadline,
             "reprocessed {} of {orders} orders",
-            decided(&running.metrics)
+            running.metrics.orders_decided()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(decided(&running.metrics), orders, "each order decided once");
+    assert_eq!(
+        running.metrics.orders_decided(),
+        orders,
+        "each order decided once"
+    );
     token.cancel();
     running.wait().await.expect("the processor stops cleanly");
 }

@@ -1,66 +1,14 @@
-//! Command-line pieces every Stockflow binary shares: the service endpoints, and the `schemas`
-//! subcommand that registers and checks the contracts.
+//! The `schemas` subcommand every Stockflow binary offers (`generator schemas ...`,
+//! `processor schemas ...`): register the contracts, check them or an edited `.avsc` against the
+//! registry, list the subjects. It is registry administration with a command-line front, so it
+//! lives with the contracts; it needs only the registry's URL and the topic names.
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
 use crate::registry::{Compatibility, Registry, RegistryError};
 use crate::topics::{Topics, value_subject};
-
-/// Where Kafka and the schema registry are, and how topics are named.
-#[derive(Debug, Clone, Args)]
-pub struct ConnectionArgs {
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "KAFKA_BOOTSTRAP_SERVERS",
-        default_value = "127.0.0.1:9092",
-        global = true
-    )]
-    pub bootstrap_servers: String,
-
-    /// Schema registry base URL (Confluent-compatible API; for Apicurio, `.../apis/ccompat/v7`).
-    #[arg(
-        long,
-        env = "SCHEMA_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081/apis/ccompat/v7",
-        global = true
-    )]
-    pub schema_registry_url: String,
-
-    /// Prefix of every topic name (lets several deployments share a cluster).
-    #[arg(
-        long,
-        env = "STOCKFLOW_TOPIC_PREFIX",
-        default_value = "",
-        global = true
-    )]
-    pub topic_prefix: String,
-
-    /// Extra librdkafka property for every client, as KEY=VALUE (repeatable).
-    #[arg(short = 'X', long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_key_value, global = true)]
-    pub kafka_properties: Vec<(String, String)>,
-}
-
-impl ConnectionArgs {
-    pub fn topics(&self) -> Topics {
-        Topics::with_prefix(&self.topic_prefix)
-    }
-
-    /// A librdkafka config with the bootstrap servers and the extra properties.
-    pub fn client_config(&self) -> rdkafka::ClientConfig {
-        crate::admin::client_config(&self.bootstrap_servers, &self.kafka_properties)
-    }
-}
-
-/// Parses `KEY=VALUE`.
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
-    }
-}
 
 /// `schemas`: the contracts in the registry.
 #[derive(Debug, Clone, Subcommand)]
@@ -103,14 +51,14 @@ fn describe(change: &Compatibility) -> String {
 
 /// Runs a `schemas` command, printing one line per subject.
 pub async fn run_schemas_command(
-    connection: &ConnectionArgs,
+    registry_url: &str,
+    topics: &Topics,
     command: &SchemasCommand,
 ) -> Result<(), SchemasError> {
-    let registry = Registry::new(&connection.schema_registry_url)?;
-    let topics = connection.topics();
+    let registry = Registry::new(registry_url)?;
     match command {
         SchemasCommand::Register => {
-            for registered in registry.register_all(&topics).await? {
+            for registered in registry.register_all(topics).await? {
                 println!(
                     "{:<40} id {:<6} {}",
                     registered.subject,
@@ -120,7 +68,7 @@ pub async fn run_schemas_command(
             }
         }
         SchemasCommand::Check { file: None, .. } => {
-            for (subject, change) in registry.check_all(&topics).await? {
+            for (subject, change) in registry.check_all(topics).await? {
                 println!("{subject:<40} {}", describe(&change));
             }
         }
@@ -145,20 +93,4 @@ pub async fn run_schemas_command(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_values_parse() {
-        assert_eq!(
-            parse_key_value("linger.ms=5"),
-            Ok(("linger.ms".into(), "5".into()))
-        );
-        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(parse_key_value("novalue").is_err());
-        assert!(parse_key_value("=x").is_err());
-    }
 }

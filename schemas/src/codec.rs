@@ -16,6 +16,10 @@
 //! straight into the type by a reader built once per contract; records written with any
 //! other schema (an older or newer version) keep going through the converter, which resolves
 //! them against it.
+//!
+//! [`Codec::offline`] is a codec without a registry, for benchmarks and tests: each contract is
+//! pre-resolved to a fixed schema id ([`Codec::offline_id`]), so it writes and reads the same
+//! framed bytes as the registry-backed codec, never touching the network.
 
 use std::collections::HashMap;
 use std::sync::{OnceLock, RwLock};
@@ -74,14 +78,22 @@ impl CodecError {
 
 /// Encodes and decodes the contracts for one set of [`Topics`].
 pub struct Codec {
-    encoder: AvroEncoder,
-    decoder: AvroDecoder,
+    /// The registry, through `schema_registry_converter`; `None` for an offline codec.
+    converter: Option<Converter>,
     /// Per topic role: the TopicNameStrategy carrying this binary's schema (used until the
     /// subject has given the schema its id), and then the id and a writer for the schema.
     subjects: HashMap<TopicRole, Subject>,
 }
 
+/// The converter's two halves, sharing the registry's settings and caches.
+struct Converter {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+}
+
 struct Subject {
+    /// The contract's full name, to name it in a wrong-contract error.
+    full_name: &'static str,
     with_schema: SubjectNameStrategy,
     schema: &'static Schema,
     resolved: OnceLock<Resolved>,
@@ -115,6 +127,7 @@ impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Codec")
             .field("subjects", &self.subjects.len())
+            .field("offline", &self.converter.is_none())
             .finish()
     }
 }
@@ -129,32 +142,51 @@ impl Codec {
                 contract: "any",
                 reason: e.to_string(),
             })?;
-        let subjects = crate::events::ALL
-            .iter()
-            .zip(contract_schemas())
-            .map(|((_, schema, role), parsed)| {
-                let supplied = SuppliedSchema::new(None, SchemaType::Avro, (*schema).to_owned());
-                let topic = topics.name(*role).to_owned();
-                let subject = Subject {
-                    with_schema: SubjectNameStrategy::TopicNameStrategyWithSchema(
-                        topic, false, supplied,
-                    ),
-                    schema: parsed,
-                    resolved: OnceLock::new(),
-                    reader: GenericDatumReader::builder(parsed)
-                        .build()
-                        .expect("invariant: a parsed contract resolves"),
-                    canonical: parsed.canonical_form(),
-                    checked_ids: RwLock::default(),
-                };
-                (*role, subject)
-            })
-            .collect();
         Ok(Self {
-            encoder: AvroEncoder::new(settings.clone()),
-            decoder: AvroDecoder::new(settings),
-            subjects,
+            converter: Some(Converter {
+                encoder: AvroEncoder::new(settings.clone()),
+                decoder: AvroDecoder::new(settings),
+            }),
+            subjects: subjects(topics),
         })
+    }
+
+    /// A codec without a registry, for benchmarks and tests (an in-memory topology driver, a
+    /// codec micro-benchmark): every contract is pre-resolved to [`Codec::offline_id`], so
+    /// encoding and decoding never touch the network. The bytes are framed exactly as the
+    /// registry-backed codec frames them, with these ids instead of the registry's.
+    ///
+    /// Decoding a record whose id is another contract's fails with
+    /// [`CodecError::WrongContract`]; any other id or framing is [`CodecError::Undecodable`]
+    /// (an offline codec knows no other schema versions).
+    pub fn offline(topics: &Topics) -> Self {
+        let subjects = subjects(topics);
+        for (role, subject) in &subjects {
+            let id = Self::offline_id(*role);
+            let writer = GenericDatumWriter::builder(subject.schema)
+                .build()
+                .expect("invariant: a parsed contract has a writer");
+            let _ = subject.resolved.set(Resolved { id, writer });
+            subject
+                .checked_ids
+                .write()
+                .expect("invariant: no panic while holding the lock")
+                .insert(id, true);
+        }
+        Self {
+            converter: None,
+            subjects,
+        }
+    }
+
+    /// The schema id an offline codec gives the contract of topic `role`: its position in
+    /// [`crate::events::ALL`], from 1.
+    pub fn offline_id(role: TopicRole) -> u32 {
+        let position = crate::events::ALL
+            .iter()
+            .position(|(_, _, r)| *r == role)
+            .expect("invariant: every topic role has its contract in ALL");
+        position as u32 + 1
     }
 
     /// Encodes `event` with this binary's schema for its topic's subject.
@@ -175,8 +207,11 @@ impl Codec {
             return Ok(framed);
         }
         // First record of this contract: the converter registers the schema (or finds it) and
-        // frames the record with its id.
-        let encoded = self
+        // frames the record with its id. (An offline codec resolved every contract up front.)
+        let Some(converter) = &self.converter else {
+            unreachable!("invariant: an offline codec resolves every contract when it is built")
+        };
+        let encoded = converter
             .encoder
             .encode_struct(event, &subject.with_schema)
             .await
@@ -213,7 +248,10 @@ impl Codec {
                 .read_deser(&mut &bytes[5..])
                 .map_err(undecodable);
         }
-        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
+        let Some(converter) = &self.converter else {
+            return Err(self.offline_miss::<C>(id));
+        };
+        let decoded = converter.decoder.decode(Some(bytes)).await.map_err(|e| {
             if e.retriable {
                 CodecError::RegistryUnavailable(e)
             } else {
@@ -235,7 +273,7 @@ impl Codec {
         // with its id take the direct path. Either way the id is compared only once.
         if let Some(id) = id
             && subject.is_own(id).is_none()
-            && let Ok(writer) = self.decoder.get_schema(id).await
+            && let Ok(writer) = converter.decoder.get_schema(id).await
         {
             let own = writer.parsed.canonical_form() == subject.canonical;
             subject
@@ -246,6 +284,54 @@ impl Codec {
         }
         Ok(value)
     }
+}
+
+impl Codec {
+    /// Why an offline codec cannot read a record with schema id `id` as a `C`: the id is
+    /// another contract's, or unknown.
+    fn offline_miss<C: Contract>(&self, id: Option<u32>) -> CodecError {
+        let other = self.subjects.values().find(|s| {
+            s.resolved
+                .get()
+                .is_some_and(|resolved| Some(resolved.id) == id)
+        });
+        match (id, other) {
+            (Some(_), Some(other)) => CodecError::WrongContract {
+                expected: C::FULL_NAME,
+                found: other.full_name.to_owned(),
+            },
+            (Some(id), None) => {
+                CodecError::Undecodable(format!("schema id {id} is unknown to the offline codec"))
+            }
+            (None, _) => CodecError::Undecodable("not a Confluent-framed record".to_owned()),
+        }
+    }
+}
+
+/// Every contract's subject under `topics`, none resolved yet.
+fn subjects(topics: &Topics) -> HashMap<TopicRole, Subject> {
+    crate::events::ALL
+        .iter()
+        .zip(contract_schemas())
+        .map(|((full_name, schema, role), parsed)| {
+            let supplied = SuppliedSchema::new(None, SchemaType::Avro, (*schema).to_owned());
+            let topic = topics.name(*role).to_owned();
+            let subject = Subject {
+                full_name,
+                with_schema: SubjectNameStrategy::TopicNameStrategyWithSchema(
+                    topic, false, supplied,
+                ),
+                schema: parsed,
+                resolved: OnceLock::new(),
+                reader: GenericDatumReader::builder(parsed)
+                    .build()
+                    .expect("invariant: a parsed contract resolves"),
+                canonical: parsed.canonical_form(),
+                checked_ids: RwLock::default(),
+            };
+            (*role, subject)
+        })
+        .collect()
 }
 
 /// The schema id of a Confluent-framed record (magic byte 0, then 4 bytes big-endian).
@@ -266,4 +352,80 @@ fn contract_schemas() -> &'static [Schema; crate::events::ALL.len()] {
 /// Parses a contract's schema text; the contracts are compiled in, so failure is a bug.
 pub fn parse_contract(schema: &str) -> Schema {
     Schema::parse_str(schema).expect("invariant: the compiled-in .avsc files are valid Avro")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::samples;
+    use crate::{InventoryAdjusted, InventoryUpdated, OrderConfirmed, OrderCreated};
+
+    /// Encodes `value`, checks the framing, and decodes it back (twice: the reader is reused).
+    async fn round_trip<C: Contract + PartialEq + std::fmt::Debug>(codec: &Codec, value: C) {
+        let bytes = codec.encode(&value).await.expect("encodes offline");
+        assert_eq!(bytes[0], 0, "Confluent magic byte");
+        assert_eq!(schema_id(&bytes), Some(Codec::offline_id(C::TOPIC)));
+        for _ in 0..2 {
+            let back: C = codec.decode(&bytes).await.expect("decodes offline");
+            assert_eq!(back, value);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_contract_round_trips_offline() {
+        // No registry listens anywhere: the offline codec must never ask one.
+        let codec = Codec::offline(&Topics::with_prefix("offline-"));
+        round_trip(&codec, samples::order_created()).await;
+        round_trip(&codec, samples::inventory_adjusted()).await;
+        round_trip(&codec, samples::inventory_updated()).await;
+        round_trip(&codec, samples::order_confirmed()).await;
+        round_trip(&codec, samples::order_rejected()).await;
+    }
+
+    #[test]
+    fn offline_ids_are_distinct() {
+        let mut ids: Vec<u32> = crate::events::ALL
+            .iter()
+            .map(|(_, _, role)| Codec::offline_id(*role))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn offline_decoding_names_what_it_cannot_read() {
+        let codec = Codec::offline(&Topics::default());
+        let adjustment = codec
+            .encode(&samples::inventory_adjusted())
+            .await
+            .expect("encodes");
+        match codec.decode::<OrderCreated>(&adjustment).await {
+            Err(CodecError::WrongContract { expected, found }) => {
+                assert_eq!(expected, OrderCreated::FULL_NAME);
+                assert_eq!(found, InventoryAdjusted::FULL_NAME);
+            }
+            other => panic!("expected a wrong-contract error, got {other:?}"),
+        }
+        let unknown = codec
+            .decode::<OrderCreated>(&[0, 0, 0, 0, 99, 2])
+            .await
+            .expect_err("unknown id");
+        assert!(unknown.is_poison() && !unknown.is_retriable(), "{unknown}");
+        let garbage = codec
+            .decode::<OrderConfirmed>(b"not avro")
+            .await
+            .expect_err("garbage");
+        assert!(garbage.is_poison(), "{garbage}");
+        let mut truncated = codec
+            .encode(&samples::inventory_updated())
+            .await
+            .expect("encodes");
+        truncated.truncate(7);
+        let error = codec
+            .decode::<InventoryUpdated>(&truncated)
+            .await
+            .expect_err("truncated");
+        assert!(error.is_poison(), "{error}");
+    }
 }

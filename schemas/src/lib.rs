@@ -8,22 +8,19 @@
 //!
 //! Layout:
 //! - [`events`]: the event types and the [`Contract`] trait tying each to its schema and topic.
-//! - [`codec`]: encode/decode through the schema registry, with ids and schemas cached.
+//! - [`codec`]: encode/decode through the schema registry, with ids and schemas cached; or
+//!   offline, with fixed ids, for benchmarks and tests.
 //! - [`registry`]: register the contracts, pin compatibility, check a changed schema.
+//! - [`cli`]: the `schemas` subcommand (register, check, list) both binaries offer.
 //! - [`topics`]: topic and subject names.
-//! - [`admin`]: create missing topics and read partition counts.
-//! - [`cli`]: the endpoint flags and the `schemas` subcommand every binary shares.
-//! - [`process`]: logging, the shutdown signal path and exit codes, shared by the binaries.
-//! - `testkit` (feature `testkit`): endpoints and helpers for integration tests.
+//!
+//! The process plumbing the binaries share (connection flags, topic creation, signals, exit
+//! codes) is the `plumbing` crate; the integration tests' kit is the `testkit` crate.
 
-pub mod admin;
 pub mod cli;
 pub mod codec;
 pub mod events;
-pub mod process;
 pub mod registry;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod topics;
 
 pub use codec::{Codec, CodecError};

@@ -3,9 +3,9 @@
 use schemas::codec::CodecError;
 use schemas::events::samples;
 use schemas::registry::{Compatibility, RegistryError};
-use schemas::testkit::{stack, unique};
 use schemas::topics::value_subject;
 use schemas::{Codec, Contract, InventoryAdjusted, OrderCreated, Registry, Topics};
+use testkit::{stack, unique};
 
 fn prefixed_topics() -> Topics {
     Topics::with_prefix(&format!("{}-", unique("schemas")))

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use plumbing::admin::{AdminError, TopicSpec, ensure_topics};
 use rdkafka::ClientConfig;
-use schemas::admin::{AdminError, TopicSpec, ensure_topics};
 
 use super::topology::Topology;
 

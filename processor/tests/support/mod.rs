@@ -1,38 +1,33 @@
-//! Shared by the processor's integration tests: a test's own topics, application id and state
-//! dir; the generator to feed it; readers that decode and check what came out.
+//! Shared by the processor's integration tests, on top of `testkit`: a test's own topics,
+//! application id, state dir and read-model schema; the generator to feed it; a processor in
+//! this process or as a child process; readers that decode and check what came out.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use generator::publish::Publisher;
-use std::str::FromStr;
-
+use plumbing::connection::ConnectionArgs;
 use processor::app::Running;
 use processor::cli::RunArgs;
 use processor::runtime::format;
 use processor::topology::inventory::{SkuRecord, keys};
-use schemas::cli::ConnectionArgs;
-use schemas::testkit::{Isolation, Record, read_topic, read_topics, stack, unique};
 use schemas::{
     Codec, Contract, InventoryUpdated, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
     Topics,
 };
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use testkit::child::{ChildProcess, Stderr};
+use testkit::{Isolation, Record, TopicReader, pg_schema, ports, read_at_least, stack, unique};
 use tokio_util::sync::CancellationToken;
 
 /// The tests' sync interval: short, so that the read model converges quickly.
 pub const SYNC_INTERVAL: &str = "200ms";
 
-/// A PostgreSQL schema for test `name` (`t_` + the name, `-` as `_`, at most 63 bytes).
-pub fn schema_name(name: &str) -> String {
-    let name = name.replace('-', "_").to_lowercase();
-    let keep = name.len().min(61);
-    format!("t_{}", &name[name.len() - keep..])
-}
+/// How long the checks of a finished run wait for what must be there.
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// One test's world: its topic prefix, application id, state directory and PostgreSQL schema.
 pub struct World {
@@ -54,7 +49,7 @@ impl World {
         let stack = stack().await;
         let name = unique(name);
         let prefix = format!("{name}-");
-        let connection = connection(
+        let connection = ConnectionArgs::new(
             &stack.bootstrap_servers,
             &stack.schema_registry_url,
             &prefix,
@@ -69,7 +64,7 @@ impl World {
             bootstrap: stack.bootstrap_servers.clone(),
             registry_url: stack.schema_registry_url.clone(),
             database_url: stack.database_url.clone(),
-            database_schema: schema_name(&name),
+            database_schema: pg_schema("t_", &name),
             codec,
             name,
         }
@@ -138,6 +133,22 @@ impl World {
         let mut args = self.connection_flags();
         args.extend(self.run_flags(state_dir, &metrics.to_string(), extra));
         args
+    }
+
+    /// Starts the `processor` binary as a child process on `state_dir`, its metrics on a free
+    /// port, with `extra` run flags (after `-X session.timeout.ms=6000`: a killed instance is
+    /// noticed after 6 s instead of 45 s).
+    pub fn spawn_processor(&self, state_dir: &std::path::Path, extra: &[&str]) -> ProcessorChild {
+        let metrics = ports::free_addr();
+        let mut flags = vec!["-X", "session.timeout.ms=6000"];
+        flags.extend_from_slice(extra);
+        let process = ChildProcess::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_processor")),
+            &self.child_args(state_dir, metrics, &flags),
+            &[("RUST_LOG", "warn")],
+            Stderr::Inherit,
+        );
+        ProcessorChild { process, metrics }
     }
 
     /// The global flags of a `processor` binary for this world (before its subcommand).
@@ -243,6 +254,9 @@ impl World {
         })
     }
 
+    /// Every record of `topic`, decoded, once at least `expected` are there: read up to the
+    /// high watermarks, fetched again while fewer have been read. Panics after `deadline`,
+    /// saying what it found.
     pub async fn read<C: Contract>(
         &self,
         topic: &str,
@@ -250,17 +264,13 @@ impl World {
         expected: usize,
         deadline: Duration,
     ) -> Vec<C> {
-        let records = read_topic(
-            &self.bootstrap,
-            topic,
-            isolation,
-            expected,
-            Duration::from_secs(3),
-            deadline,
-        )
-        .await;
+        let records = read_at_least(&self.bootstrap, &[topic], isolation, expected, deadline).await;
+        self.decode_all(&records).await
+    }
+
+    async fn decode_all<C: Contract>(&self, records: &[Record]) -> Vec<C> {
         let mut out = Vec::with_capacity(records.len());
-        for record in &records {
+        for record in records {
             out.push(
                 self.codec
                     .decode(record.payload.as_deref().expect("a payload"))
@@ -271,20 +281,20 @@ impl World {
         out
     }
 
+    /// [`World::read`] without decoding, read_committed.
     pub async fn read_raw(&self, topic: &str, expected: usize, deadline: Duration) -> Vec<Record> {
-        read_topic(
+        read_at_least(
             &self.bootstrap,
-            topic,
+            &[topic],
             Isolation::ReadCommitted,
             expected,
-            Duration::from_secs(3),
             deadline,
         )
         .await
     }
 
-    /// Every outcome, once `expected` of them are in (read_committed), plus any extras that
-    /// arrive within a few seconds after.
+    /// Every outcome (read_committed), once at least `expected` of them are in: up to the
+    /// high watermarks of the outcome topics, so extras already written are there too.
     pub async fn outcomes(&self, expected: usize, deadline: Duration) -> Outcomes {
         self.outcomes_with(Isolation::ReadCommitted, expected, deadline)
             .await
@@ -300,15 +310,7 @@ impl World {
             self.topics.orders_confirmed.as_str(),
             self.topics.orders_rejected.as_str(),
         ];
-        let records = read_topics(
-            &self.bootstrap,
-            &topics,
-            isolation,
-            expected,
-            Duration::from_secs(3),
-            deadline,
-        )
-        .await;
+        let records = read_at_least(&self.bootstrap, &topics, isolation, expected, deadline).await;
         let mut outcomes = Outcomes {
             confirmed: Vec::new(),
             rejected: Vec::new(),
@@ -335,9 +337,9 @@ impl World {
         expected: u64,
         deadline: Duration,
     ) {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         loop {
-            let decided = decided(metrics);
+            let decided = metrics.orders_decided();
             if decided >= expected {
                 return;
             }
@@ -353,14 +355,16 @@ impl World {
 impl World {
     /// The invariants of a run of `orders` distinct orders: every order has exactly one outcome
     /// under read_committed (read_uncommitted may see aborted extras); no stock ever went
-    /// negative; and for every sku, initial + adjustments - confirmed quantities = final stock.
+    /// negative; and for every sku, initial + adjustments - confirmed quantities = final stock
+    /// (waiting up to a minute for that: the releases of the last rejected orders are applied
+    /// after their outcomes are out).
     pub async fn check_invariants(
         &self,
         orders: usize,
         initial: &HashMap<String, i64>,
         adjusted: &HashMap<String, i64>,
     ) -> Outcomes {
-        let outcomes = self.outcomes(orders, Duration::from_secs(300)).await;
+        let outcomes = self.outcomes(orders, 5 * MINUTE).await;
         let per_order = outcomes.per_order();
         assert_eq!(per_order.len(), orders, "every order has an outcome");
         let repeated: Vec<_> = per_order.iter().filter(|(_, n)| **n != 1).take(5).collect();
@@ -369,7 +373,7 @@ impl World {
             "no order has two outcomes under read_committed: {repeated:?}"
         );
         let uncommitted = self
-            .outcomes_with(Isolation::ReadUncommitted, orders, Duration::from_secs(60))
+            .outcomes_with(Isolation::ReadUncommitted, orders, MINUTE)
             .await;
         let seen_uncommitted: usize = uncommitted.per_order().values().sum();
         eprintln!(
@@ -377,53 +381,60 @@ impl World {
         );
         assert!(seen_uncommitted >= orders);
 
-        let updates: Vec<InventoryUpdated> = self
-            .read(
-                &self.topics.inventory_updated,
-                Isolation::ReadCommitted,
-                0,
-                Duration::from_secs(60),
-            )
-            .await;
-        let negative: Vec<_> = updates
-            .iter()
-            .filter(|u| u.available_after < 0)
-            .take(5)
-            .collect();
-        assert!(
-            negative.is_empty(),
-            "stock never goes negative: {negative:?}"
-        );
-
         let mut confirmed: HashMap<&str, i64> = HashMap::new();
         for c in &outcomes.confirmed {
             for line in &c.lines {
                 *confirmed.entry(line.sku.as_str()).or_default() += i64::from(line.quantity);
             }
         }
-        let stock = final_stock(&updates);
-        for (sku, start) in initial {
-            let expected = start + adjusted.get(sku).copied().unwrap_or(0)
-                - confirmed.get(sku.as_str()).copied().unwrap_or(0);
-            assert_eq!(
-                stock.get(sku).copied().unwrap_or(*start),
-                expected,
-                "{sku}: initial + adjustments - confirmed = final"
+        // The updates so far, then the ones that follow, until the stock adds up.
+        let mut reader = TopicReader::new(
+            &self.bootstrap,
+            &[self.topics.inventory_updated.as_str()],
+            Isolation::ReadCommitted,
+        );
+        let mut updates: Vec<InventoryUpdated> = Vec::new();
+        let started = Instant::now();
+        loop {
+            let records = reader.read_to_end(MINUTE).await;
+            updates.extend(self.decode_all::<InventoryUpdated>(&records).await);
+            let negative: Vec<_> = updates
+                .iter()
+                .filter(|u| u.available_after < 0)
+                .take(5)
+                .collect();
+            assert!(
+                negative.is_empty(),
+                "stock never goes negative: {negative:?}"
             );
+            let stock = final_stock(&updates);
+            let wrong: Vec<String> = initial
+                .iter()
+                .filter_map(|(sku, start)| {
+                    let expected = start + adjusted.get(sku).copied().unwrap_or(0)
+                        - confirmed.get(sku.as_str()).copied().unwrap_or(0);
+                    let last = stock.get(sku).copied().unwrap_or(*start);
+                    (last != expected)
+                        .then(|| format!("{sku}: {last} in stock, {expected} expected"))
+                })
+                .collect();
+            if wrong.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < MINUTE,
+                "initial + adjustments - confirmed = final stock, after {MINUTE:?} of {} updates: {:?}",
+                updates.len(),
+                &wrong[..wrong.len().min(5)]
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         outcomes
     }
 
     /// A pool on this world's read model (search_path = its schema).
     pub async fn pg(&self) -> PgPool {
-        let options = PgConnectOptions::from_str(&self.database_url)
-            .expect("a database URL")
-            .options([("search_path", self.database_schema.as_str())]);
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await
-            .expect("PostgreSQL answers")
+        testkit::postgres::pool(&self.database_url, &self.database_schema).await
     }
 
     /// The processor's inventory state: the last committed value of every sku key in the
@@ -433,13 +444,12 @@ impl World {
         let changelog = topology
             .changelog(processor::topology::INVENTORY_STORE)
             .expect("the inventory store has a changelog");
-        let records = read_topic(
+        let records = read_at_least(
             &self.bootstrap,
-            changelog,
+            &[changelog],
             Isolation::ReadCommitted,
             1,
-            Duration::from_secs(3),
-            Duration::from_secs(60),
+            MINUTE,
         )
         .await;
         let mut stock = HashMap::new();
@@ -470,7 +480,7 @@ impl World {
             orders.insert(r.order_id.clone(), ("REJECTED".into(), Some(reason)));
         }
         let pool = self.pg().await;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         loop {
             let rows: Vec<(String, i64, i64)> =
                 sqlx::query_as("SELECT sku, available, reserved FROM inventory")
@@ -536,17 +546,28 @@ impl World {
     }
 }
 
-/// Orders decided so far, by a processor's metrics.
-pub fn decided(metrics: &processor::metrics::Metrics) -> u64 {
-    ["confirmed", "rejected"]
-        .iter()
-        .flat_map(|o| {
-            ["none", "insufficient_stock", "unknown_sku", "invalid_order"]
-                .iter()
-                .map(move |r| (*o, *r))
-        })
-        .map(|(o, r)| metrics.order_outcomes.with_label_values(&[o, r]).get())
-        .sum()
+/// A `processor` child process of a test, and where its metrics are.
+pub struct ProcessorChild {
+    pub process: ChildProcess,
+    pub metrics: SocketAddr,
+}
+
+impl ProcessorChild {
+    /// Waits until it reports ready (partitions assigned, state restored).
+    pub async fn wait_ready(&self, deadline: Duration) {
+        testkit::prometheus::wait_ready(self.metrics, deadline).await;
+    }
+
+    /// Metric `name` summed over its label sets; `None` if it does not answer or has no such
+    /// metric.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        testkit::prometheus::scrape(self.metrics).await?.get(name)
+    }
+
+    /// SIGKILL: no chance to commit, flush or leave the group.
+    pub fn kill(self) {
+        self.process.kill();
+    }
 }
 
 /// Watches the read model's source offsets while a test runs: every `period` it reads each
@@ -599,22 +620,6 @@ impl OffsetWatch {
     }
 }
 
-pub fn connection(bootstrap: &str, registry: &str, prefix: &str) -> ConnectionArgs {
-    generator::cli::Cli::try_parse_from([
-        "generator",
-        "--bootstrap-servers",
-        bootstrap,
-        "--schema-registry-url",
-        registry,
-        "--topic-prefix",
-        prefix,
-        "schemas",
-        "list",
-    ])
-    .expect("connection arguments")
-    .connection
-}
-
 /// The outcomes read back.
 pub struct Outcomes {
     pub confirmed: Vec<OrderConfirmed>,
@@ -660,6 +665,14 @@ pub fn order(id: &str, lines: &[(&str, i32)]) -> OrderCreated {
             })
             .collect(),
     }
+}
+
+/// Every sku's stock as `generator seed` with `synthetic` SKUs of `stock` each leaves it.
+pub fn initial_stock(synthetic: u32, stock: i64) -> HashMap<String, i64> {
+    generator::catalog::catalog(synthetic, stock)
+        .into_iter()
+        .map(|p| (p.sku, p.initial_stock))
+        .collect()
 }
 
 /// The last InventoryUpdated per sku (the topic is keyed by sku, so per-sku order holds).

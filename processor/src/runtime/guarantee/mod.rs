@@ -249,7 +249,7 @@ impl Transactor {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("partitioner", schemas::admin::PARTITIONER);
+            .set("partitioner", plumbing::admin::PARTITIONER);
         let ids = match guarantee {
             ProcessingGuarantee::ExactlyOnceV2 => {
                 let alternate = format!("{transactional_id}{ALTERNATE_SUFFIX}");

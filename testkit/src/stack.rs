@@ -1,24 +1,15 @@
-//! Test support for integration tests against real services (feature `testkit`).
-//!
-//! [`stack`] finds Kafka, the schema registry and PostgreSQL: from `KAFKA_BOOTSTRAP_SERVERS`,
-//! `SCHEMA_REGISTRY_URL` and `DATABASE_URL` when they are set (the local stack of
-//! `scripts/stack.sh`, or any other); otherwise, when a Docker engine answers, it starts them
-//! with testcontainers; otherwise it fails, saying how to start the local stack. Nothing here
-//! imitates a service.
-//!
-//! Each test owns its names: [`unique`] makes a topic prefix, group or schema name no other
-//! test (or earlier run) uses, so tests run in parallel against one cluster.
+//! Where the test services are. [`stack`] finds Kafka, the schema registry and PostgreSQL:
+//! from `KAFKA_BOOTSTRAP_SERVERS`, `SCHEMA_REGISTRY_URL` and `DATABASE_URL` when they are set
+//! (the local stack of `scripts/stack.sh`, or any other); otherwise, when a Docker engine
+//! answers, it starts them with testcontainers; otherwise it fails, saying how to start the
+//! local stack. Nothing here imitates a service.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
+
+use crate::ports::free_port;
 
 const HOW_TO_START: &str = "no test services: set KAFKA_BOOTSTRAP_SERVERS, SCHEMA_REGISTRY_URL and \
 DATABASE_URL, or start the local stack with `scripts/stack.sh start && eval \"$(scripts/stack.sh env)\"` \
@@ -123,13 +114,6 @@ fn docker_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port for the Kafka container")
-}
-
 async fn start_containers() -> Stack {
     // Kafka advertises the host port it is reached on, so that port is chosen up front.
     let kafka_port = free_port();
@@ -178,126 +162,4 @@ async fn start_containers() -> Stack {
         _containers: vec![kafka, registry],
         postgres: Postgres::Container(Box::new(postgres)),
     }
-}
-
-/// A name no other test or run uses: `<prefix>-<pid>-<millis>-<n>`.
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{prefix}-{}-{}-{n}",
-        std::process::id(),
-        crate::now_millis()
-    )
-}
-
-/// One record read back from a topic.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-}
-
-impl Record {
-    /// The value of header `name`, as text.
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    }
-}
-
-/// Whether a reader sees only committed transactions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    ReadCommitted,
-    ReadUncommitted,
-}
-
-/// Reads `topic` from the beginning: waits up to `deadline` for `expected` records, then keeps
-/// reading for `quiet` to catch any extra ones, and returns all it saw. Panics if `expected`
-/// records do not arrive within `deadline`, so a test never hangs.
-pub async fn read_topic(
-    bootstrap: &str,
-    topic: &str,
-    isolation: Isolation,
-    expected: usize,
-    quiet: Duration,
-    deadline: Duration,
-) -> Vec<Record> {
-    read_topics(bootstrap, &[topic], isolation, expected, quiet, deadline).await
-}
-
-/// [`read_topic`] over several topics at once (`expected` counts all of them).
-pub async fn read_topics(
-    bootstrap: &str,
-    topics: &[&str],
-    isolation: Isolation,
-    expected: usize,
-    quiet: Duration,
-    deadline: Duration,
-) -> Vec<Record> {
-    let topic = topics.join(",");
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("testkit-reader"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "isolation.level",
-            match isolation {
-                Isolation::ReadCommitted => "read_committed",
-                Isolation::ReadUncommitted => "read_uncommitted",
-            },
-        )
-        .create()
-        .expect("a test consumer");
-    consumer
-        .subscribe(topics)
-        .expect("subscribe the test consumer");
-    let started = Instant::now();
-    let mut records = Vec::with_capacity(expected);
-    loop {
-        let wait = if records.len() < expected {
-            deadline.checked_sub(started.elapsed()).unwrap_or_default()
-        } else {
-            quiet
-        };
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Err(_) if records.len() < expected => {
-                panic!(
-                    "read {} of {expected} records from {topic} in {deadline:?}",
-                    records.len()
-                )
-            }
-            Err(_) => break,
-            Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Ok(Ok(m)) => records.push(Record {
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
-        }
-    }
-    records
 }
