@@ -365,12 +365,7 @@ impl TopologyTestDriver {
         self.stats.steps += 1;
         self.clock += 1;
         self.punctuate()?;
-        let dirty: Vec<TaskId> = self
-            .tasks
-            .values()
-            .filter(|t| t.dirty)
-            .map(|t| t.id)
-            .collect();
+        let dirty = self.dirty();
         if self.stats.crashes < self.config.max_crashes
             && self.rng.random_bool(self.config.crash_probability)
         {
@@ -533,15 +528,18 @@ impl TopologyTestDriver {
         self.init(id)
     }
 
-    /// Commits every task with uncommitted work.
-    pub fn commit_all(&mut self) {
-        let dirty: Vec<TaskId> = self
-            .tasks
+    /// The tasks with uncommitted work.
+    fn dirty(&self) -> Vec<TaskId> {
+        self.tasks
             .values()
             .filter(|t| t.dirty)
             .map(|t| t.id)
-            .collect();
-        for id in dirty {
+            .collect()
+    }
+
+    /// Commits every task with uncommitted work.
+    pub fn commit_all(&mut self) {
+        for id in self.dirty() {
             self.commit(id);
         }
     }
