@@ -18,6 +18,8 @@ const BATCH: usize = 10_000;
 /// How long a restore may wait for the changelog's end without progress (a transaction left
 /// open by a dead instance holds it back until the broker aborts it).
 const STALL_LIMIT: Duration = Duration::from_secs(120);
+/// How often a restore asks again whether a transaction left open on the changelog has ended.
+const OPEN_TRANSACTION_PAUSE: Duration = Duration::from_millis(100);
 /// How long a changelog may stay unknown to the restore's new client: another instance (or
 /// engine thread) may have created it a moment ago, and the broker's metadata lags.
 const UNKNOWN_LIMIT: Duration = Duration::from_secs(10);
@@ -95,6 +97,58 @@ fn watermarks<C: ConsumerContext>(
     }
 }
 
+/// The changelog partition's low watermark and end, once no transaction is open on it: its
+/// last stable offset (what `committed`, a read_committed client, reads up to) has reached the
+/// high watermark (what `uncommitted`, a read_uncommitted client, sees).
+///
+/// A previous owner's transaction still open (a zombie that commits it when it resumes, or a
+/// dead instance's, which the broker aborts after `transaction.timeout.ms`) holds store
+/// writes that a restore to the last stable offset leaves out. If it then commits, its input
+/// offsets move past the records those writes came from, and they are never processed again
+/// (seen in the zombie test: orders whose pending state a resumed zombie committed stayed
+/// undecided forever). So the restore waits for that transaction to end, as the consumer's
+/// fetch of the committed input offsets waits for the same transaction (KIP-447).
+fn stable_watermarks<C: ConsumerContext>(
+    committed: &BaseConsumer<C>,
+    uncommitted: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), RestoreError> {
+    let kafka = |source| RestoreError::Kafka {
+        topic: topic.to_owned(),
+        partition,
+        source,
+    };
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        let (_, high) = watermarks(uncommitted, topic, partition).map_err(kafka)?;
+        let (low, stable) = watermarks(committed, topic, partition).map_err(kafka)?;
+        if stable >= high {
+            return Ok((low, stable));
+        }
+        if started.elapsed() > STALL_LIMIT {
+            return Err(RestoreError::Stalled {
+                topic: topic.to_owned(),
+                partition,
+                at: stable,
+                end: high,
+            });
+        }
+        if !said {
+            tracing::info!(
+                topic,
+                partition,
+                stable,
+                high,
+                "waiting for a transaction left open on the changelog to end"
+            );
+            said = true;
+        }
+        std::thread::sleep(OPEN_TRANSACTION_PAUSE);
+    }
+}
+
 /// Replays `topic[partition]` from just after the store's offset to the current end.
 pub fn restore(
     config: &ClientConfig,
@@ -121,7 +175,14 @@ pub fn restore(
         .set("fetch.wait.max.ms", "10")
         .create_with_context(RestoreContext)
         .map_err(kafka)?;
-    let (low, high) = watermarks(&consumer, topic, partition).map_err(kafka)?;
+    let uncommitted: BaseConsumer<RestoreContext> = config
+        .clone()
+        .set("group.id", "stockflow-restore")
+        .set("isolation.level", "read_uncommitted")
+        .create_with_context(RestoreContext)
+        .map_err(kafka)?;
+    let (low, high) = stable_watermarks(&consumer, &uncommitted, topic, partition)?;
+    drop(uncommitted);
     let mut store = store;
     let mut restored = Restored::default();
     let mut from = store.changelog_offset().map_or(0, |o| o + 1);
