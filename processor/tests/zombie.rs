@@ -13,7 +13,9 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use children::{MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order};
+use children::{
+    MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order, read_to_end,
+};
 use schemas::testkit::Isolation;
 use support::World;
 
@@ -176,6 +178,29 @@ async fn zombie(name: &str, hold: Duration) {
         repeated.is_empty(),
         "no order is decided twice under read_committed: {repeated:?}"
     );
+    if counts.len() < orders {
+        // Name the undecided orders and where they are, for the failure message.
+        let sent = read_to_end(
+            &world,
+            &[world.topics.orders.as_str()],
+            Isolation::ReadCommitted,
+            MINUTE,
+        )
+        .await;
+        let missing: Vec<String> = sent
+            .iter()
+            .filter_map(|r| {
+                let id = String::from_utf8_lossy(r.key.as_deref()?).into_owned();
+                (!counts.contains_key(&id))
+                    .then(|| format!("{id} at orders[{}]@{}", r.partition, r.offset))
+            })
+            .take(10)
+            .collect();
+        panic!(
+            "{name}: {} of {orders} orders decided; undecided: {missing:?}",
+            counts.len()
+        );
+    }
     assert_eq!(counts.len(), orders, "every order is decided once");
 
     let updates = inventory_updates(&world).await;
