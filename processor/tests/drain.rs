@@ -1,0 +1,133 @@
+//! SIGTERM under load: the processor binary commits what it has in hand, leaves the group and
+//! exits 0; nothing it did is left in an open transaction or aborted, and its restart on the
+//! same state dir replays no changelog record and decides every order exactly once.
+
+mod children;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use children::{
+    MINUTE, Processor, committed_offsets, ends, inventory_updates, outcomes_at, per_order,
+};
+use processor::runtime::topics::{Sink, TopologyTopics};
+use schemas::testkit::Isolation;
+use support::World;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_commits_everything_and_exits_0() {
+    let world = World::new("drain").await;
+    let (synthetic, stock) = (40, 1_000);
+    world.seed(synthetic, stock).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut processor = Processor::spawn(&world, "p1", state.path(), &[]);
+    processor.wait_ready(MINUTE).await;
+
+    let generator = world.spawn_generator(&[
+        "--rate",
+        "300",
+        "--count",
+        "7500",
+        "--synthetic-skus",
+        &synthetic.to_string(),
+        "--lines-max",
+        "3",
+    ]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let consumed = processor.consumed().await;
+    let aborted = processor
+        .series("stockflow_transactions_total")
+        .await
+        .expect("metrics")
+        .into_iter()
+        .filter(|(labels, _)| labels.contains("aborted"))
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    let decided = processor
+        .scrape("stockflow_order_outcomes_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(decided > 0.0, "it is deciding orders when the signal comes");
+    processor.signal("TERM");
+    let signalled = Instant::now();
+    let status = processor.wait_exit(Duration::from_secs(30)).await;
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM after {decided} outcomes: exited {status:?} in {took:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exits 0 within 30 s of SIGTERM: {status:?}"
+    );
+    assert_eq!(aborted, 0.0, "no transaction aborted before the signal");
+
+    // Nothing is left open: on every topic it writes, the last stable offset is the end.
+    let topics = TopologyTopics::new(&world.application_id, world.topics.clone());
+    for sink in Sink::ALL {
+        let topic = topics.sink(sink);
+        let stable = ends(&world, topic, Isolation::ReadCommitted);
+        let end = ends(&world, topic, Isolation::ReadUncommitted);
+        assert_eq!(
+            stable, end,
+            "{topic}: no transaction left open (last stable offsets vs high watermarks)"
+        );
+    }
+    // What it had consumed before the signal is committed.
+    for source in topics.sources() {
+        let committed = committed_offsets(&world, source, 4);
+        for partition in 0..4 {
+            let before = consumed
+                .get(&(source.to_owned(), partition))
+                .copied()
+                .unwrap_or(0);
+            let at = committed.get(&partition).copied().unwrap_or(0);
+            assert!(
+                at >= before,
+                "{source}[{partition}]: committed offset {at} covers the {before} records \
+                 consumed before the signal"
+            );
+        }
+    }
+
+    // The restart replays nothing: its stores hold everything the changelogs do.
+    let mut processor = Processor::spawn(&world, "p2", state.path(), &[]);
+    processor.wait_ready(MINUTE).await;
+    processor
+        .wait_metric("stockflow_assigned_tasks", 8.0, MINUTE)
+        .await;
+    let restored = processor
+        .scrape("stockflow_restored_records_total")
+        .await
+        .expect("the restore metric");
+    eprintln!("the restart restored {restored} changelog records");
+    assert_eq!(
+        restored, 0.0,
+        "a drained instance's restart replays no changelog record"
+    );
+
+    let summary = generator.await.expect("the generator ran");
+    let orders = (summary.valid + summary.invalid) as usize;
+    world.outcomes(orders, 3 * MINUTE).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the last releases
+    processor.signal("TERM");
+    let status = processor.wait_exit(MINUTE).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "p2 exits 0: {status:?}"
+    );
+
+    let committed = outcomes_at(&world, Isolation::ReadCommitted).await;
+    let uncommitted = outcomes_at(&world, Isolation::ReadUncommitted).await;
+    let counts = per_order(&committed);
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(repeated.is_empty(), "no order decided twice: {repeated:?}");
+    assert_eq!(counts.len(), orders, "every order decided once");
+    assert_eq!(
+        uncommitted.len(),
+        committed.len(),
+        "no outcome was ever written in a transaction that aborted"
+    );
+    let updates = inventory_updates(&world).await;
+    assert!(
+        updates.iter().all(|u| u.available_after >= 0),
+        "stock never negative"
+    );
+}
