@@ -63,10 +63,7 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
         let before_restart = changelog_size(&world);
         child = world.spawn_processor(state.path(), &[]);
         child.wait_ready(3 * MINUTE).await;
-        let restored = child
-            .metric("stockflow_restored_records_total")
-            .await
-            .expect("restore metric");
+        let restored = child.restored_records().await;
         eprintln!("round {round}: restored {restored} of {before_restart} changelog records");
         assert!(
             before_restart > 1000,
@@ -175,10 +172,7 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
         assert!(started.elapsed() < 2 * MINUTE, "a took over every task");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let restored = a
-        .metric("stockflow_restored_records_total")
-        .await
-        .expect("restore metric");
+    let restored = a.restored_records().await;
     eprintln!("a restored {restored} changelog records of b's tasks");
     assert!(
         restored > 0.0,
