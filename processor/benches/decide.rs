@@ -10,24 +10,14 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use processor::topology::inventory::{SkuRecord, on_command};
 use processor::topology::order::{OrderRecord, on_line_result, on_order_created};
 use processor::topology::{LineCommand, LineOutcome, LineResult};
-use schemas::{OrderCreated, OrderLine};
+use schemas::OrderCreated;
+use schemas::events::samples;
 
 const NOW: i64 = 1_764_000_000_000;
 
+/// The 3-line order of every benchmark here.
 fn order() -> OrderCreated {
-    OrderCreated {
-        order_id: "order-42-0000001187".into(),
-        customer_id: "customer-00042".into(),
-        created_at: NOW,
-        currency: "EUR".into(),
-        lines: (0..3)
-            .map(|i| OrderLine {
-                sku: format!("SKU-{i:06}"),
-                quantity: 1 + i,
-                unit_price_cents: 1999,
-            })
-            .collect(),
-    }
+    samples::order_with_lines(3)
 }
 
 fn result(line: u32) -> LineResult {

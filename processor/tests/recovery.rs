@@ -108,19 +108,15 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
     let a = world.spawn_processor(state_a.path(), &["--num-stream-threads", "2"]);
     a.wait_ready(MINUTE).await;
     let b = world.spawn_processor(state_b.path(), &[]);
-    let summary = world
-        .run_generator(
-            30_000,
-            &[
-                "--synthetic-skus",
-                "40",
-                "--lines-max",
-                "3",
-                "--rate",
-                "6000",
-            ],
-        )
-        .await;
+    let traffic = [
+        "--synthetic-skus",
+        "40",
+        "--lines-max",
+        "3",
+        "--rate",
+        "6000",
+    ];
+    let summary = world.run_generator(30_000, &traffic).await;
     // The rebalance that gives b its share may still be settling on a loaded machine: wait
     // (bounded) until every task is owned once and both instances own some.
     let started = Instant::now();
@@ -153,19 +149,7 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
 
     b.kill();
     let more = world
-        .run_generator(
-            10_000,
-            &[
-                "--synthetic-skus",
-                "40",
-                "--lines-max",
-                "3",
-                "--rate",
-                "6000",
-                "--seed",
-                "43",
-            ],
-        )
+        .run_generator(10_000, &[&traffic[..], &["--seed", "43"]].concat())
         .await;
     let started = Instant::now();
     while a.metric("stockflow_assigned_tasks").await != Some(8.0) {

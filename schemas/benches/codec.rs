@@ -7,31 +7,15 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use schemas::{Codec, OrderCreated, OrderLine, Topics};
-
-/// A 3-line order, as the generator makes them.
-fn order() -> OrderCreated {
-    OrderCreated {
-        order_id: "order-42-0000001187".into(),
-        customer_id: "customer-00042".into(),
-        created_at: 1_764_000_000_000,
-        currency: "EUR".into(),
-        lines: (0..3)
-            .map(|i| OrderLine {
-                sku: format!("SKU-{i:06}"),
-                quantity: 1 + i,
-                unit_price_cents: 1999,
-            })
-            .collect(),
-    }
-}
+use schemas::events::samples;
+use schemas::{Codec, OrderCreated, Topics};
 
 fn codec(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
     let codec = Codec::offline(&Topics::default());
-    let order = order();
+    let order = samples::order_with_lines(3);
     let bytes = runtime
         .block_on(codec.encode(&order))
         .expect("encodes offline");
