@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end benchmark: starts the local stack, builds everything (the same build as the
-# tests), and runs processor/examples/e2e_bench.rs, which prints Markdown tables (copy them into
-# BENCHMARKS.md). Arguments go to the benchmark, e.g. `scripts/bench.sh --orders 50000`.
+# tests), and runs the example e2e_bench (processor/examples/e2e_bench/), which prints Markdown
+# tables (copy them into BENCHMARKS.md). Arguments go to the benchmark, e.g.
+# `scripts/bench.sh --orders 50000`. The criterion micro-benchmarks are `cargo bench` (BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

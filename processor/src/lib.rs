@@ -16,6 +16,9 @@
 //! - [`metrics`]: every metric, registered on an explicit registry.
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
+//!
+//! Beside the library: `benches/` (criterion: the rules, the store), `examples/e2e_bench/`
+//! (the end-to-end benchmark), `tests/` (integration tests on `testkit` and `tests/support/`).
 
 pub mod app;
 pub mod cli;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use children::{MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order};
-use schemas::testkit::Isolation;
+use testkit::Isolation;
 use support::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

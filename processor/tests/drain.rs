@@ -11,7 +11,7 @@ use children::{
     MINUTE, Processor, committed_offsets, ends, inventory_updates, outcomes_at, per_order,
 };
 use processor::runtime::topics::{Sink, TopologyTopics};
-use schemas::testkit::Isolation;
+use testkit::Isolation;
 use support::World;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

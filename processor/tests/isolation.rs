@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use children::{MINUTE, OutcomeAt, Processor, ends, outcomes_at, per_order};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use schemas::testkit::{Isolation, unique};
+use testkit::{Isolation, unique};
 use schemas::{OrderConfirmed, now_millis};
 use support::{World, order};
 

@@ -63,10 +63,7 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
         let before_restart = changelog_size(&world);
         child = world.spawn_processor(state.path(), &[]);
         child.wait_ready(3 * MINUTE).await;
-        let restored = child
-            .metric("stockflow_restored_records_total")
-            .await
-            .expect("restore metric");
+        let restored = child.restored_records().await;
         eprintln!("round {round}: restored {restored} of {before_restart} changelog records");
         assert!(
             before_restart > 1000,
@@ -111,19 +108,15 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
     let a = world.spawn_processor(state_a.path(), &["--num-stream-threads", "2"]);
     a.wait_ready(MINUTE).await;
     let b = world.spawn_processor(state_b.path(), &[]);
-    let summary = world
-        .run_generator(
-            30_000,
-            &[
-                "--synthetic-skus",
-                "40",
-                "--lines-max",
-                "3",
-                "--rate",
-                "6000",
-            ],
-        )
-        .await;
+    let traffic = [
+        "--synthetic-skus",
+        "40",
+        "--lines-max",
+        "3",
+        "--rate",
+        "6000",
+    ];
+    let summary = world.run_generator(30_000, &traffic).await;
     // The rebalance that gives b its share may still be settling on a loaded machine: wait
     // (bounded) until every task is owned once and both instances own some.
     let started = Instant::now();
@@ -156,29 +149,14 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
 
     b.kill();
     let more = world
-        .run_generator(
-            10_000,
-            &[
-                "--synthetic-skus",
-                "40",
-                "--lines-max",
-                "3",
-                "--rate",
-                "6000",
-                "--seed",
-                "43",
-            ],
-        )
+        .run_generator(10_000, &[&traffic[..], &["--seed", "43"]].concat())
         .await;
     let started = Instant::now();
     while a.metric("stockflow_assigned_tasks").await != Some(8.0) {
         assert!(started.elapsed() < 2 * MINUTE, "a took over every task");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let restored = a
-        .metric("stockflow_restored_records_total")
-        .await
-        .expect("restore metric");
+    let restored = a.restored_records().await;
     eprintln!("a restored {restored} changelog records of b's tasks");
     assert!(
         restored > 0.0,

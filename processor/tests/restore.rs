@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use children::{MINUTE, committed_changelog_records, outcomes_at, per_order};
 use processor::app::Running;
 use schemas::RejectionReason;
-use schemas::testkit::Isolation;
+use testkit::Isolation;
 use support::{World, order};
 
 /// Waits until `running` has decided `orders` orders and counted `duplicates` duplicates.

@@ -16,7 +16,7 @@ use apache_avro::Schema;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use children::{MINUTE, read_to_end};
-use schemas::testkit::Isolation;
+use testkit::Isolation;
 use schemas::topics::value_subject;
 use schemas::{Registry, now_millis};
 use support::{World, order};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use children::{
     MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order, read_to_end,
 };
-use schemas::testkit::Isolation;
+use testkit::Isolation;
 use support::World;
 
 /// The assigned tasks of `a` and `b` once they add up to all 8 and both own some.

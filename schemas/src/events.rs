@@ -267,6 +267,24 @@ pub mod samples {
         }
     }
 
+    /// An order of `lines` lines (`SKU-000000`, `SKU-000001`, ...; line i wants i + 1 units at
+    /// 19.99), as the generator makes them: for benchmarks of a multi-line order.
+    pub fn order_with_lines(lines: i32) -> OrderCreated {
+        OrderCreated {
+            order_id: "order-42-0000001187".into(),
+            customer_id: "customer-00042".into(),
+            created_at: 1_764_000_000_000,
+            currency: "EUR".into(),
+            lines: (0..lines)
+                .map(|i| OrderLine {
+                    sku: format!("SKU-{i:06}"),
+                    quantity: 1 + i,
+                    unit_price_cents: 1999,
+                })
+                .collect(),
+        }
+    }
+
     pub fn inventory_adjusted() -> InventoryAdjusted {
         InventoryAdjusted {
             adjustment_id: "a-1".into(),

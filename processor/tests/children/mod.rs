@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use schemas::testkit::{Isolation, unique};
+use testkit::{Isolation, unique};
 use schemas::{InventoryUpdated, OrderConfirmed, OrderRejected};
 
 use crate::support::World;

@@ -564,6 +564,13 @@ impl ProcessorChild {
         testkit::prometheus::scrape(self.metrics).await?.get(name)
     }
 
+    /// Changelog records it restored since it started.
+    pub async fn restored_records(&self) -> f64 {
+        self.metric("stockflow_restored_records_total")
+            .await
+            .expect("the restore metric")
+    }
+
     /// SIGKILL: no chance to commit, flush or leave the group.
     pub fn kill(self) {
         self.process.kill();
