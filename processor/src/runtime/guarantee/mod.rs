@@ -490,6 +490,14 @@ impl Transactor {
         let open = *self.life.state() != TxState::Idle;
         let rewind = self.life.abort();
         if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && open {
+            // librdkafka's abort first flushes what is still in flight, but rust-rdkafka's
+            // producer takes delivery reports as events, which that flush cannot serve: with
+            // records in flight the abort failed after its timeout ("the event queue must be
+            // polled for delivery report events ... prior to calling abort") and stopped the
+            // engine. Serve them here first.
+            if let Err(error) = self.drain() {
+                tracing::warn!(%error, "not every delivery report arrived before the abort");
+            }
             self.producer()
                 .abort_transaction(TXN_TIMEOUT)
                 .map_err(|e| classify(self.transactional_id(), e))?;
