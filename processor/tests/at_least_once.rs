@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use children::{MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order};
-use testkit::Isolation;
 use support::World;
+use testkit::Isolation;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_loses_no_order_across_a_sigkill() {

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use children::{
     MINUTE, Processor, committed_offsets, ends, inventory_updates, outcomes_at, per_order,
 };
-use processor::runtime::topics::{Sink, TopologyTopics};
-use testkit::Isolation;
 use support::World;
+use testkit::Isolation;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_commits_everything_and_exits_0() {
@@ -60,9 +59,15 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
     assert_eq!(aborted, 0.0, "no transaction aborted before the signal");
 
     // Nothing is left open: on every topic it writes, the last stable offset is the end.
-    let topics = TopologyTopics::new(&world.application_id, world.topics.clone());
-    for sink in Sink::ALL {
-        let topic = topics.sink(sink);
+    let topology = processor::topology::describe(&world.application_id, &world.topics);
+    let written: Vec<String> = topology
+        .sinks
+        .iter()
+        .map(|t| t.name.clone())
+        .chain(topology.changelogs())
+        .chain([topology.dead_letters.clone()])
+        .collect();
+    for topic in &written {
         let stable = ends(&world, topic, Isolation::ReadCommitted);
         let end = ends(&world, topic, Isolation::ReadUncommitted);
         assert_eq!(
@@ -71,7 +76,7 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
         );
     }
     // What it had consumed before the signal is committed.
-    for source in topics.sources() {
+    for source in topology.source_topics() {
         let committed = committed_offsets(&world, source, 4);
         for partition in 0..4 {
             let before = consumed

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use children::{MINUTE, OutcomeAt, Processor, ends, outcomes_at, per_order};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use testkit::{Isolation, unique};
 use schemas::{OrderConfirmed, now_millis};
 use support::{World, order};
+use testkit::{Isolation, unique};
 
 /// Produces `records` (topic, key, payload) in one transaction of a producer of its own, and
 /// commits or aborts it.

@@ -13,19 +13,19 @@ use std::time::{Duration, Instant};
 use children::{MINUTE, committed_changelog_records, outcomes_at, per_order};
 use processor::app::Running;
 use schemas::RejectionReason;
-use testkit::Isolation;
 use support::{World, order};
+use testkit::Isolation;
 
 /// Waits until `running` has decided `orders` orders and counted `duplicates` duplicates.
 async fn wait_decided(running: &Running, orders: u64, duplicates: u64) {
     let started = Instant::now();
-    while support::decided(&running.metrics) < orders
+    while running.metrics.orders_decided() < orders
         || running.metrics.duplicate_orders.get() < duplicates
     {
         assert!(
             started.elapsed() < MINUTE,
             "decided {} of {orders}, {} of {duplicates} duplicates, after a minute",
-            support::decided(&running.metrics),
+            running.metrics.orders_decided(),
             running.metrics.duplicate_orders.get()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

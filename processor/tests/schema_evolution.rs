@@ -16,10 +16,10 @@ use apache_avro::Schema;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use children::{MINUTE, read_to_end};
-use testkit::Isolation;
 use schemas::topics::value_subject;
 use schemas::{Registry, now_millis};
 use support::{World, order};
+use testkit::Isolation;
 
 /// OrderCreated, version 1.
 const ORDER_CREATED_V1: &str = r#"{

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use children::{
     MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order, read_to_end,
 };
-use testkit::Isolation;
 use support::World;
+use testkit::Isolation;
 
 /// The assigned tasks of `a` and `b` once they add up to all 8 and both own some.
 async fn shared(a: &Processor, b: &Processor) -> (f64, f64) {

@@ -75,7 +75,7 @@ pub async fn latency(config: &Config) -> Latency {
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    let (internal, wiring) = processor::topology::describe_wired(app, topics);
+    let (internal, wiring) = processor::topology::describe_wired(app, &topics);
     let commands_topic = internal.sink(wiring.line_commands).to_owned();
     let results_topic = internal.sink(wiring.line_results).to_owned();
     let mut assigned = vec![&topics.orders_confirmed, &topics.orders_rejected];
@@ -123,9 +123,8 @@ pub async fn latency(config: &Config) -> Latency {
                 .await
                 .map(|r| (r.created_at, r.order_id))
         } else if m.topic() == commands_topic {
-            if let Ok(envelope) = processor::runtime::format::decode::<
-                processor::topology::CommandEnvelope,
-            >(payload)
+            if let Ok(envelope) =
+                processor::runtime::format::decode::<processor::topology::CommandEnvelope>(payload)
             {
                 let (processor::topology::LineCommand::Reserve { order_id, .. }
                 | processor::topology::LineCommand::Release { order_id, .. }) = envelope.command;

@@ -137,12 +137,7 @@ pub async fn sync_lag_at(database_url: &str, rate: u64, seconds: u64) -> (f64, f
         let offset = commit as i64 * 10 + 10;
         let first = commit * per_commit;
         sender
-            .send(bench_changes(
-                ORDERS_STORE,
-                first,
-                per_commit,
-                offset,
-            ))
+            .send(bench_changes(ORDERS_STORE, first, per_commit, offset))
             .expect("the sync runs");
         sender
             .send(bench_changes(

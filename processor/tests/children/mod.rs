@@ -18,8 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use testkit::{Isolation, unique};
 use schemas::{InventoryUpdated, OrderConfirmed, OrderRejected};
+use testkit::{Isolation, unique};
 
 use crate::support::World;
 
@@ -452,14 +452,9 @@ pub async fn inventory_updates(world: &World) -> Vec<InventoryUpdated> {
 /// Records in the application's changelogs that a read_committed reader sees (what a restore
 /// from scratch replays).
 pub async fn committed_changelog_records(world: &World) -> usize {
-    let topics = processor::runtime::topics::TopologyTopics::new(
-        &world.application_id,
-        world.topics.clone(),
-    );
-    let changelogs: Vec<&str> = processor::runtime::task::SubTopology::ALL
-        .iter()
-        .map(|s| topics.changelog(*s))
-        .collect();
+    let topology = processor::topology::describe(&world.application_id, &world.topics);
+    let changelogs = topology.changelogs();
+    let changelogs: Vec<&str> = changelogs.iter().map(String::as_str).collect();
     read_to_end(world, &changelogs, Isolation::ReadCommitted, 2 * MINUTE)
         .await
         .len()
