@@ -1,8 +1,9 @@
 //! `processor run`, as a function of its config and a shutdown token: checks the services,
 //! prepares the schemas, topics and read-model tables, serves metrics, runs the engine on
 //! `--num-stream-threads` threads of its own (each a member of the consumer group, with its own
-//! transactional producer) and the read model's sync beside them. Any task's failure cancels
-//! the root token, so everything stops together.
+//! transactional producer) and the read model's sync beside them. Any of them failing (an
+//! engine's error or panic, the metrics server) cancels the root token, so everything stops
+//! together, and [`Running::wait`] returns the first failure, which names what failed.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -21,10 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
+use crate::readmodel;
 use crate::readmodel::postgres::{connect, run_sync};
 use crate::runtime::engine::{EngineConfig, run_engine};
 use crate::runtime::store::SharedMemory;
-use crate::runtime::topics::TopologyTopics;
+use crate::runtime::topics;
+use crate::topology;
 
 /// A started processor.
 #[derive(Debug)]
@@ -36,7 +39,7 @@ pub struct Running {
     pub ready: Readiness,
     engines: Vec<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
     sync: JoinHandle<()>,
-    server: JoinHandle<()>,
+    server: JoinHandle<anyhow::Result<()>>,
     shutdown: CancellationToken,
 }
 
@@ -47,16 +50,23 @@ impl Running {
         // the one reported.
         let mut result = Ok(());
         for engine in self.engines {
-            let ended = engine.await.context("an engine thread panicked")?;
+            let ended = engine
+                .await
+                .context("an engine thread ended without a result")?;
             if result.is_ok() {
                 result = ended;
             }
         }
         self.shutdown.cancel();
-        // The engine has dropped its end of the sync's channel: the sync writes what is left.
-        self.sync.await.context("the read-model sync panicked")?;
-        let _ = self.server.await;
-        result
+        // The engines' store writers have dropped their subscriptions: the sync writes what
+        // is left.
+        let synced = self.sync.await.context("the read-model sync panicked");
+        let served = self
+            .server
+            .await
+            .context("the metrics server panicked")
+            .and_then(|served| served);
+        result.and(synced).and(served)
     }
 }
 
@@ -80,11 +90,17 @@ pub async fn start(
     registry.ping().await?;
     let pool = connect(args.app.database_url.as_str(), &args.app.database_schema).await?;
     let client = connection.client_config();
-    let topology_topics = TopologyTopics::new(&args.app.application_id, topics.clone());
-    topology_topics.ensure(&client, args.partitions).await?;
+    let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
+    let metrics = Metrics::new(prometheus::Registry::new());
+    let topology = Arc::new(topology::build(
+        &args.app.application_id,
+        &topics,
+        codec,
+        metrics.clone(),
+    ));
+    let partitions = Arc::new(topics::ensure(&topology, &client, args.partitions).await?);
     // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.
     registry.register_all(&topics).await?;
-    let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
 
     let state_dir = args.app.state_dir.join(&args.app.application_id);
     std::fs::create_dir_all(&state_dir)
@@ -92,8 +108,7 @@ pub async fn start(
     let lock = Arc::new(lock_state_dir(&state_dir)?);
     let instance_id = instance_id(&state_dir)?;
 
-    let metrics = Metrics::new(prometheus::Registry::new());
-    metrics.initialize_labels(&topology_topics.sources());
+    metrics.initialize_labels(&topology.source_topics());
     let threads = usize::from(args.num_stream_threads);
     let ready = Readiness(
         (0..threads)
@@ -117,9 +132,12 @@ pub async fn start(
         client,
         instance_id: instance_id.clone(),
         memory: SharedMemory::new((args.cache_mb << 20) as usize),
+        topology,
+        partitions,
+        subscription: None,
     };
-    let (sync_sender, changes) = tokio::sync::mpsc::unbounded_channel();
-    let sync = tokio::spawn(run_sync(pool, changes, args.sync_interval, metrics.clone()));
+    let (subscription, applied) = readmodel::subscription();
+    let sync = tokio::spawn(run_sync(pool, applied, args.sync_interval, metrics.clone()));
     // Each engine gets a thread of its own (not a blocking-pool task, which a runtime would
     // wait for on shutdown); its result comes back on a channel.
     let mut engines = Vec::with_capacity(threads);
@@ -129,34 +147,37 @@ pub async fn start(
             // Thread 0 keeps the instance's own transactional id, so one thread is unchanged.
             config.instance_id = format!("{instance_id}-{thread}");
         }
+        config.subscription = Some(subscription.clone());
         let (done, engine) = tokio::sync::oneshot::channel();
-        let (topics, codec, metrics) = (topology_topics.clone(), codec.clone(), metrics.clone());
-        let (ready, sync_sender, shutdown, lock) = (
+        let (metrics, ready, shutdown, lock) = (
+            metrics.clone(),
             ready.clone(),
-            sync_sender.clone(),
             shutdown.clone(),
             lock.clone(),
         );
+        let name = format!("engine-{thread}");
         std::thread::Builder::new()
-            .name(format!("engine-{thread}"))
+            .name(name.clone())
             .spawn(move || {
                 let _lock = lock;
-                let result = run_engine(
-                    config,
-                    topics,
-                    codec,
-                    metrics,
-                    ready,
-                    sync_sender,
-                    shutdown.clone(),
-                );
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_engine(config, metrics, ready.clone(), shutdown.clone())
+                }));
+                let result = match ran {
+                    Ok(ended) => ended.with_context(|| format!("{name} stopped")),
+                    Err(panic) => Err(anyhow::anyhow!(
+                        "{name} panicked: {}",
+                        panic_message(panic.as_ref())
+                    )),
+                };
+                ready.store(false, Ordering::Release);
                 shutdown.cancel();
-                let _ = done.send(result.map_err(anyhow::Error::from));
+                let _ = done.send(result);
             })
             .context("cannot start an engine thread")?;
         engines.push(engine);
     }
-    drop(sync_sender); // the sync ends once every engine has dropped its sender
+    drop(subscription); // the sync ends once every engine's store writer has dropped its own
     Ok(Running {
         metrics_addr,
         metrics,
@@ -215,7 +236,7 @@ async fn serve_metrics(
     metrics: Metrics,
     ready: Readiness,
     shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     let app = Router::new()
         .route(
             "/metrics",
@@ -243,12 +264,24 @@ async fn serve_metrics(
         .with_context(|| format!("cannot listen on {addr} for metrics"))?;
     let local = listener.local_addr()?;
     let server = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await;
+        if let Err(error) = &served {
+            // Without metrics and health checks nobody can see the processor: stop it.
             tracing::error!(%error, "metrics server failed");
+            shutdown.cancel();
         }
+        served.context("the metrics server failed")
     });
     Ok((local, server))
+}
+
+/// What a panic said, if it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

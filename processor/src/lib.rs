@@ -1,14 +1,17 @@
 //! Stockflow's stateful stream processor: it joins every order against an inventory table in
 //! RocksDB, changelogged to Kafka, and reserves stock or rejects the order, exactly once.
 //!
-//! The business rules are pure functions ([`topology`]); the runtime around them is generic
-//! ([`runtime`]): sources, tasks, stores, the delivery guarantee.
+//! The business rules are pure functions, wired into a topology ([`topology`]); the runtime
+//! around them is generic ([`runtime`]): the task API, tasks, stores, the delivery guarantee,
+//! and an in-memory test driver.
 //!
 //! Layout:
 //! - [`cli`]: the typed command line.
 //! - [`app`]: `processor run` as a function of config + shutdown token.
-//! - [`topology`]: the decisions of sub-topologies A (orders) and B (inventory), pure.
-//! - [`runtime`]: the engine, tasks, stores, restore, exactly-once / at-least-once.
+//! - [`topology`]: the decisions of sub-topologies A (orders) and B (inventory), pure, and
+//!   the processors that run them.
+//! - [`runtime`]: the task API, the engine, tasks, stores, restore, exactly-once /
+//!   at-least-once, the topology test driver.
 //! - [`readmodel`]: the PostgreSQL read model and its periodic, offset-guarded sync.
 //! - [`metrics`]: every metric, registered on an explicit registry.
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).

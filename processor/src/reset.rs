@@ -31,7 +31,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::cli::{ResetArgs, ResetPosition};
 use crate::readmodel::postgres;
-use crate::runtime::topics::TopologyTopics;
 
 /// How long to wait for deleted topics to leave the cluster's metadata.
 const DELETE_WAIT: Duration = Duration::from_secs(30);
@@ -87,12 +86,15 @@ async fn plan(
 ) -> anyhow::Result<Plan> {
     let app = &args.app;
     let group = app.application_id.clone();
-    let topics = TopologyTopics::new(&group, connection.topics());
-    let inputs = [
-        topics.external.orders.as_str(),
-        topics.external.inventory_adjustments.as_str(),
-    ];
-    let internal = topics.internal();
+    let topology = crate::topology::describe(&group, &connection.topics());
+    let inputs: Vec<&str> = topology
+        .subs
+        .iter()
+        .flat_map(|s| &s.sources)
+        .filter(|t| !t.internal)
+        .map(|t| t.name.as_str())
+        .collect();
+    let internal = topology.internal_topics();
     let names: Vec<&str> = inputs.iter().chain(internal.iter()).copied().collect();
     // One metadata call first: an unreachable cluster is reported by it, in one line.
     let counts = partition_counts(config, &names)?;

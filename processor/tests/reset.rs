@@ -68,11 +68,8 @@ fn committed_orders_offsets(world: &World) -> Vec<Option<i64>> {
 }
 
 fn internal_topics(world: &World) -> Vec<String> {
-    let topics = processor::runtime::topics::TopologyTopics::new(
-        &world.application_id,
-        world.topics.clone(),
-    );
-    let names = topics.internal();
+    let topology = processor::topology::describe(&world.application_id, &world.topics);
+    let names = topology.internal_topics();
     let mut existing: Vec<String> = partition_counts(&world.connection.client_config(), &names)
         .expect("metadata")
         .into_keys()

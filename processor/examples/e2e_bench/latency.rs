@@ -75,8 +75,9 @@ pub async fn latency(config: &Config) -> Latency {
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    let internal = processor::runtime::topics::TopologyTopics::new(app, topics.clone());
-    let (commands_topic, results_topic) = (internal.order_lines, internal.line_results);
+    let (internal, wiring) = processor::topology::describe_wired(app, &topics);
+    let commands_topic = internal.sink(wiring.line_commands).to_owned();
+    let results_topic = internal.sink(wiring.line_results).to_owned();
     let mut assigned = vec![&topics.orders_confirmed, &topics.orders_rejected];
     if breakdown {
         assigned.extend([&commands_topic, &results_topic]);
@@ -122,9 +123,8 @@ pub async fn latency(config: &Config) -> Latency {
                 .await
                 .map(|r| (r.created_at, r.order_id))
         } else if m.topic() == commands_topic {
-            if let Ok(envelope) = processor::runtime::format::decode::<
-                processor::runtime::engine::CommandEnvelope,
-            >(payload)
+            if let Ok(envelope) =
+                processor::runtime::format::decode::<processor::topology::CommandEnvelope>(payload)
             {
                 let (processor::topology::LineCommand::Reserve { order_id, .. }
                 | processor::topology::LineCommand::Release { order_id, .. }) = envelope.command;

@@ -11,20 +11,21 @@ use crate::setup::bench_schema;
 /// Committed changes as the engine hands them to the sync: orders `first..first + n` (1-3
 /// lines each, decided) of an orders task, or skus `first..first + n` of an inventory task.
 fn bench_changes(
-    sub: processor::runtime::task::SubTopology,
+    store: &'static str,
     first: u64,
     n: u64,
     offset: i64,
-) -> processor::readmodel::Changes {
+) -> processor::runtime::store::Applied {
     use processor::runtime::store::Store;
-    use processor::runtime::task::{SubTopology, TaskId};
+    use processor::runtime::task::TaskId;
+    use processor::topology::ORDERS_STORE;
     use processor::topology::inventory::{SkuRecord, keys};
     use processor::topology::order::{OrderRecord, OrderStatus};
     use schemas::OrderLine;
 
     let entries = (first..first + n)
-        .map(|i| match sub {
-            SubTopology::Orders => (
+        .map(|i| match store {
+            ORDERS_STORE => (
                 format!("bench-order-{i:08}").into_bytes(),
                 Store::encode(&OrderRecord {
                     customer_id: format!("customer-{}", i % 5000),
@@ -42,7 +43,7 @@ fn bench_changes(
                     decided_at: Some(now_millis()),
                 }),
             ),
-            SubTopology::Inventory => (
+            _ => (
                 keys::sku(&format!("SKU-{:06}", i % 1000)).into_bytes(),
                 Store::encode(&SkuRecord {
                     available: 100,
@@ -54,8 +55,10 @@ fn bench_changes(
             ),
         })
         .collect();
-    processor::readmodel::Changes {
+    let sub = if store == ORDERS_STORE { 0 } else { 1 };
+    processor::runtime::store::Applied {
         task: TaskId { sub, partition: 0 },
+        store,
         changelog_offset: offset,
         entries,
         committed_at: Instant::now(),
@@ -69,12 +72,12 @@ fn bench_changes(
 pub async fn sync_write(database_url: &str, orders: u64) -> [(u64, f64); 3] {
     use processor::readmodel::Pending;
     use processor::readmodel::postgres::{CHUNK, Written, connect, write_in_chunks};
-    use processor::runtime::task::SubTopology;
+    use processor::topology::{INVENTORY_STORE, ORDERS_STORE};
 
     let batch = |n: u64, offset: i64| {
         let mut pending = Pending::default();
-        pending.add(bench_changes(SubTopology::Orders, 0, n, offset));
-        pending.add(bench_changes(SubTopology::Inventory, 0, 1000, offset));
+        pending.add(bench_changes(ORDERS_STORE, 0, n, offset));
+        pending.add(bench_changes(INVENTORY_STORE, 0, 1000, offset));
         pending
     };
     let rows = |w: Written| w.inventory + w.orders + w.order_lines;
@@ -111,7 +114,7 @@ pub async fn sync_write(database_url: &str, orders: u64) -> [(u64, f64); 3] {
 /// `stockflow_sync_lag_seconds` sampled, and the rows written per second.
 pub async fn sync_lag_at(database_url: &str, rate: u64, seconds: u64) -> (f64, f64) {
     use processor::readmodel::postgres::{connect, run_sync};
-    use processor::runtime::task::SubTopology;
+    use processor::topology::{INVENTORY_STORE, ORDERS_STORE};
 
     let schema = bench_schema(&unique("sync-lag"));
     let pool = connect(database_url, &schema)
@@ -134,16 +137,11 @@ pub async fn sync_lag_at(database_url: &str, rate: u64, seconds: u64) -> (f64, f
         let offset = commit as i64 * 10 + 10;
         let first = commit * per_commit;
         sender
-            .send(bench_changes(
-                SubTopology::Orders,
-                first,
-                per_commit,
-                offset,
-            ))
+            .send(bench_changes(ORDERS_STORE, first, per_commit, offset))
             .expect("the sync runs");
         sender
             .send(bench_changes(
-                SubTopology::Inventory,
+                INVENTORY_STORE,
                 first,
                 per_commit.min(1000),
                 offset,

@@ -1,9 +1,10 @@
 //! The PostgreSQL read model: the processor's committed state, synced periodically into tables
 //! that people query with psql or pgAdmin.
 //!
-//! The engine hands every committed store write that the read model shows to the sync, as
-//! [`Changes`] tagged with the changelog offset its commit reached; when a task is assigned it
-//! hands over everything the task owns. The sync keeps only the newest version of each row
+//! The sync subscribes to what the store writers apply ([`subscription`]): every committed
+//! store write that the read model shows ([`shows`]) arrives as an [`Applied`] tagged with
+//! the changelog offset its commit reached, and when a task is assigned, everything its
+//! stores hold. The sync keeps only the newest version of each row
 //! ([`Pending`]) and every `--sync-interval` upserts them in batches ([`postgres`]), each row
 //! guarded by its source offset so that nothing ever moves a row backwards. A PostgreSQL outage
 //! only delays the sync: rows wait in [`Pending`] (one per changed key, however often it
@@ -20,31 +21,34 @@ use std::time::Instant;
 
 use schemas::RejectionReason;
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use crate::runtime::format;
-use crate::runtime::store::Entries;
-use crate::runtime::task::{SubTopology, TaskId};
+use crate::runtime::store::{Applied, Subscription};
+use crate::runtime::task::TaskId;
 use crate::topology::inventory::SkuRecord;
 use crate::topology::inventory::keys::SKU_PREFIX;
 use crate::topology::order::{OrderRecord, OrderStatus};
+use crate::topology::{INVENTORY_STORE, ORDERS_STORE};
 
-/// Committed writes of one task, from the engine to the sync.
-#[derive(Debug)]
-pub struct Changes {
-    pub task: TaskId,
-    /// The changelog offset the commit reached: the source offset of every row in here.
-    pub changelog_offset: i64,
-    /// (store key, value) of each committed put that the read model shows.
-    pub entries: Entries,
-    pub committed_at: Instant,
+/// The store writes the read model shows: every order of the `orders` store; the sku records
+/// of the `inventory` store (not its reservations or applied adjustments).
+pub fn shows(store: &str, key: &[u8]) -> bool {
+    match store {
+        ORDERS_STORE => true,
+        INVENTORY_STORE => key.starts_with(SKU_PREFIX.as_bytes()),
+        _ => false,
+    }
 }
 
-/// The store keys of sub-topology `sub` that the read model shows: every order of A; the
-/// sku records of B (not its reservations or applied adjustments).
-pub fn prefix(sub: SubTopology) -> &'static [u8] {
-    match sub {
-        SubTopology::Orders => b"",
-        SubTopology::Inventory => SKU_PREFIX.as_bytes(),
-    }
+/// The read model's subscription to the store writers, and the receiver its sync reads.
+pub fn subscription() -> (Subscription, UnboundedReceiver<Applied>) {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = Subscription {
+        filter: shows,
+        sender,
+    };
+    (subscription, receiver)
 }
 
 /// Where a row's version came from: the changelog partition and the offset its commit reached.
@@ -120,7 +124,8 @@ pub struct CorruptEntry {
 pub struct Pending {
     pub inventory: HashMap<String, InventoryRow>,
     pub orders: HashMap<String, OrderRow>,
-    pub progress: HashMap<TaskId, i64>,
+    /// Per task and store: the newest changelog offset handed over.
+    pub progress: HashMap<(TaskId, &'static str), i64>,
     /// When the oldest change still waiting was committed.
     pub oldest: Option<Instant>,
 }
@@ -148,22 +153,23 @@ impl Pending {
         std::mem::replace(self, next)
     }
 
-    /// Takes in a task's committed changes; entries that do not decode are returned (and
-    /// left out) rather than stopping the others.
-    pub fn add(&mut self, changes: Changes) -> Vec<CorruptEntry> {
-        let Changes {
+    /// Takes in a store's applied writes; entries that do not decode are returned (and left
+    /// out) rather than stopping the others.
+    pub fn add(&mut self, applied: Applied) -> Vec<CorruptEntry> {
+        let Applied {
             task,
+            store,
             changelog_offset,
             entries,
             committed_at,
-        } = changes;
+        } = applied;
         let source = Source {
             partition: task.partition,
             offset: changelog_offset,
         };
         let mut corrupt = Vec::new();
         for (key, value) in entries {
-            if let Err(reason) = self.add_entry(task.sub, source, &key, &value) {
+            if let Err(reason) = self.add_entry(store, source, &key, &value) {
                 corrupt.push(CorruptEntry {
                     task,
                     key: String::from_utf8_lossy(&key).into_owned(),
@@ -171,21 +177,21 @@ impl Pending {
                 });
             }
         }
-        newest(&mut self.progress, task, changelog_offset, |o| *o);
+        newest(&mut self.progress, (task, store), changelog_offset, |o| *o);
         self.oldest = Some(self.oldest.map_or(committed_at, |o| o.min(committed_at)));
         corrupt
     }
 
     fn add_entry(
         &mut self,
-        sub: SubTopology,
+        store: &str,
         source: Source,
         key: &[u8],
         value: &[u8],
     ) -> Result<(), String> {
         let key = std::str::from_utf8(key).map_err(|e| e.to_string())?;
-        match sub {
-            SubTopology::Orders => {
+        match store {
+            ORDERS_STORE => {
                 let record: OrderRecord = format::decode(value).map_err(|e| e.to_string())?;
                 if matches!(record.status, OrderStatus::Pending { .. }) {
                     return Ok(()); // the read model shows decided orders only
@@ -201,7 +207,7 @@ impl Pending {
                 };
                 newest(&mut self.orders, key.to_owned(), row, |r| r.source.offset);
             }
-            SubTopology::Inventory => {
+            INVENTORY_STORE => {
                 let Some(sku) = key.strip_prefix(SKU_PREFIX) else {
                     return Ok(()); // not a row the read model shows
                 };
@@ -215,6 +221,7 @@ impl Pending {
                     r.source.offset
                 });
             }
+            _ => {} // a store the read model does not show
         }
         Ok(())
     }
@@ -293,9 +300,11 @@ mod tests {
         }
     }
 
-    fn changes(sub: SubTopology, offset: i64, entries: Vec<(String, Vec<u8>)>) -> Changes {
-        Changes {
+    fn changes(store: &'static str, offset: i64, entries: Vec<(String, Vec<u8>)>) -> Applied {
+        let sub = if store == ORDERS_STORE { 0 } else { 1 };
+        Applied {
             task: TaskId { sub, partition: 2 },
+            store,
             changelog_offset: offset,
             entries: entries
                 .into_iter()
@@ -309,7 +318,7 @@ mod tests {
     fn only_sku_records_of_the_inventory_store_become_rows() {
         let mut pending = Pending::default();
         let corrupt = pending.add(changes(
-            SubTopology::Inventory,
+            INVENTORY_STORE,
             7,
             vec![
                 (keys::sku("A"), Store::encode(&sku(3))),
@@ -328,10 +337,13 @@ mod tests {
             }
         );
         assert_eq!(
-            pending.progress[&TaskId {
-                sub: SubTopology::Inventory,
-                partition: 2
-            }],
+            pending.progress[&(
+                TaskId {
+                    sub: 1,
+                    partition: 2
+                },
+                INVENTORY_STORE
+            )],
             7
         );
     }
@@ -340,12 +352,12 @@ mod tests {
     fn the_newest_version_of_a_row_wins_in_any_arrival_order() {
         let mut pending = Pending::default();
         pending.add(changes(
-            SubTopology::Inventory,
+            INVENTORY_STORE,
             9,
             vec![(keys::sku("A"), Store::encode(&sku(1)))],
         ));
         pending.add(changes(
-            SubTopology::Inventory,
+            INVENTORY_STORE,
             5,
             vec![(keys::sku("A"), Store::encode(&sku(5)))],
         ));
@@ -355,7 +367,7 @@ mod tests {
         let failed = pending.take();
         assert!(pending.is_empty() && pending.oldest.is_none());
         pending.add(changes(
-            SubTopology::Inventory,
+            INVENTORY_STORE,
             12,
             vec![(keys::sku("A"), Store::encode(&sku(0)))],
         ));
@@ -363,10 +375,13 @@ mod tests {
         assert_eq!(pending.inventory["A"].record.available, 0);
         assert_eq!(pending.inventory["A"].source.offset, 12);
         assert_eq!(
-            pending.progress[&TaskId {
-                sub: SubTopology::Inventory,
-                partition: 2
-            }],
+            pending.progress[&(
+                TaskId {
+                    sub: 1,
+                    partition: 2
+                },
+                INVENTORY_STORE
+            )],
             12
         );
     }
@@ -384,7 +399,7 @@ mod tests {
             }],
         };
         pending.add(changes(
-            SubTopology::Orders,
+            ORDERS_STORE,
             3,
             vec![
                 ("o-1".into(), Store::encode(&order(rejected))),
@@ -416,7 +431,7 @@ mod tests {
     fn a_corrupt_value_is_reported_and_the_rest_still_syncs() {
         let mut pending = Pending::default();
         let corrupt = pending.add(changes(
-            SubTopology::Orders,
+            ORDERS_STORE,
             1,
             vec![
                 ("bad".into(), b"not json".to_vec()),

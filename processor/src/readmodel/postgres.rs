@@ -16,8 +16,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{Changes, InventoryRow, OrderRow, Pending};
+use super::{InventoryRow, OrderRow, Pending};
 use crate::metrics::Metrics;
+use crate::runtime::store::Applied;
 
 /// The read model's migrations (`migrations/` at the top of the repository).
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
@@ -243,9 +244,9 @@ pub async fn write_in_chunks(
              source_offset = EXCLUDED.source_offset, synced_at = now()
          WHERE t.source_offset <= EXCLUDED.source_offset",
     )
-    .bind(column(&progress, |(task, _)| task.to_string()))
-    .bind(column(&progress, |(task, _)| task.sub.store()))
-    .bind(column(&progress, |(task, _)| task.partition))
+    .bind(column(&progress, |((task, _), _)| task.to_string()))
+    .bind(column(&progress, |((_, store), _)| store.to_string()))
+    .bind(column(&progress, |((task, _), _)| task.partition))
     .bind(column(&progress, |(_, offset)| **offset))
     .execute(&mut *tx)
     .await?;
@@ -411,7 +412,7 @@ impl Backoff {
 /// commit), with one last sync that may retry for [`FINAL_SYNC_DEADLINE`].
 pub async fn run_sync(
     pool: PgPool,
-    mut changes: UnboundedReceiver<Changes>,
+    mut changes: UnboundedReceiver<Applied>,
     interval: Duration,
     metrics: Metrics,
 ) {
@@ -459,7 +460,7 @@ pub async fn run_sync(
     pool.close().await;
 }
 
-fn take_in(pending: &mut Pending, changes: Changes, metrics: &Metrics) {
+fn take_in(pending: &mut Pending, changes: Applied, metrics: &Metrics) {
     for corrupt in pending.add(changes) {
         // A broken invariant of the store, not of the read model: the row is left out and
         // counted, and the sync goes on with the others.

@@ -1,18 +1,27 @@
-//! The generic streams runtime: tasks, state stores, restore, the delivery guarantee, and the
-//! engine that moves records between Kafka and the topology's decisions.
+//! The streams runtime: it moves bytes between Kafka, RocksDB and a topology's processors,
+//! and knows nothing of what the bytes mean (it imports nothing from `topology` or
+//! `readmodel`).
 //!
+//! - [`topology`]: the task API: a topology's description, its processors, and the
+//!   `TaskContext` through which they touch state and outputs.
 //! - [`task`]: task ids (sub-topology x partition) and the task state machine.
-//! - [`topics`]: internal topic names, creation, and the co-partitioning check.
+//! - [`topics`]: creating a topology's topics, and the co-partitioning check.
 //! - [`format`]: the binary format of store values and repartition records.
-//! - [`store`]: a RocksDB store with an in-memory batch of uncommitted writes.
+//! - [`store`]: a RocksDB store with in-memory layers of uncommitted writes, and the writer
+//!   that applies committed ones and publishes them to a subscriber.
 //! - [`restore`]: replaying a changelog's tail into a store.
 //! - [`guarantee`]: exactly-once v2 and at-least-once commits, in one module.
-//! - [`engine`]: the processing loop and the rebalance callbacks.
+//! - [`engine`]: the processing loop, the commits and the rebalance callbacks.
+//! - [`driver`]: the in-memory topology test driver (no Kafka, no RocksDB).
+//! - [`partitioner`]: Kafka's default partitioner (murmur2), as the producers use it.
 
+pub mod driver;
 pub mod engine;
 pub mod format;
 pub mod guarantee;
+pub mod partitioner;
 pub mod restore;
 pub mod store;
 pub mod task;
 pub mod topics;
+pub mod topology;

@@ -1,99 +1,62 @@
-//! Tasks: one per (sub-topology, partition), each with its own store, and the explicit state
-//! machine a task goes through as partitions are assigned and revoked:
+//! Tasks: one per (sub-topology, partition), each with its stores and its processor, and the
+//! state machine a task goes through as partitions are assigned and revoked. The state is the
+//! enum; [`TaskState::advance`] is the one place its transitions are checked:
 //!
 //! ```text
-//! assigned --open store--> restoring --changelog tail replayed--> running --revoked--> closed
+//! Restoring --changelog tails replayed--> Running --revoked--> Suspended --committed--> Closed
+//!     └───────────────── restore failed, or closed at shutdown ─────────────────────────┘
 //! ```
+//!
+//! A suspended task processes nothing more: it waits for its last records' commit before its
+//! stores close and its partitions go to their new owner.
 
 use std::fmt;
 
-/// The two sub-topologies (see [`crate::topology`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SubTopology {
-    /// A: orders and line results, by order_id; store `orders`.
-    Orders,
-    /// B: inventory adjustments and line commands, by sku; store `inventory`.
-    Inventory,
-}
-
-impl SubTopology {
-    pub const ALL: [SubTopology; 2] = [SubTopology::Orders, SubTopology::Inventory];
-
-    /// The sub-topology's number in task ids (`0_3` is A's partition 3), as in Kafka Streams.
-    pub fn index(self) -> u8 {
-        match self {
-            SubTopology::Orders => 0,
-            SubTopology::Inventory => 1,
-        }
-    }
-
-    /// The name of its store (and of the store's changelog topic).
-    pub fn store(self) -> &'static str {
-        match self {
-            SubTopology::Orders => "orders",
-            SubTopology::Inventory => "inventory",
-        }
-    }
-}
-
-/// A task: a sub-topology on one partition of its co-partitioned sources.
+/// A task: a sub-topology (its number in the topology) on one partition of its
+/// co-partitioned sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId {
-    pub sub: SubTopology,
+    pub sub: u8,
     pub partition: i32,
 }
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}_{}", self.sub.index(), self.partition)
+        write!(f, "{}_{}", self.sub, self.partition)
     }
 }
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskState {
-    /// Its partitions are assigned; its store is not open yet.
-    Assigned,
-    /// Replaying its changelog's tail into the store.
+    /// Its partitions are assigned; its stores replay their changelogs' tails.
     Restoring,
     /// Processing records.
     Running,
-    /// Its partitions were revoked; its work is committed and its store closed.
+    /// Its partitions were revoked: it processes nothing more and waits for its last commit.
+    Suspended,
+    /// Its work is committed and its stores are closed.
     Closed,
 }
 
 impl TaskState {
     /// The legal transitions; anything else is a bug in the runtime.
+    ///
+    /// # Panics
+    /// On an illegal transition, naming it.
     pub fn advance(self, next: TaskState) -> TaskState {
         use TaskState::*;
         match (self, next) {
-            (Assigned, Restoring)
-            | (Restoring, Running)
-            | (Assigned | Restoring | Running, Closed) => next,
+            (Restoring, Running)
+            | (Running, Suspended)
+            | (Restoring | Running | Suspended, Closed) => next,
             (from, to) => panic!("invariant: a task cannot go from {from:?} to {to:?}"),
         }
     }
-}
 
-/// Which input a topic is for its sub-topology.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// `orders`: OrderCreated (Avro), into A.
-    Orders,
-    /// `<app>-line-results-repartition`: line results (JSON), into A.
-    LineResults,
-    /// `inventory-adjustments`: InventoryAdjusted (Avro), into B.
-    Adjustments,
-    /// `<app>-order-lines-repartition`: reserve/release commands (JSON), into B.
-    LineCommands,
-}
-
-impl Source {
-    pub fn sub_topology(self) -> SubTopology {
-        match self {
-            Source::Orders | Source::LineResults => SubTopology::Orders,
-            Source::Adjustments | Source::LineCommands => SubTopology::Inventory,
-        }
+    /// Whether the task takes records.
+    pub fn is_running(self) -> bool {
+        self == TaskState::Running
     }
 }
 
@@ -105,7 +68,7 @@ mod tests {
     fn task_ids_read_like_kafka_streams() {
         assert_eq!(
             TaskId {
-                sub: SubTopology::Inventory,
+                sub: 1,
                 partition: 3
             }
             .to_string(),
@@ -115,12 +78,21 @@ mod tests {
 
     #[test]
     fn tasks_move_forward_only() {
-        let state = TaskState::Assigned
-            .advance(TaskState::Restoring)
-            .advance(TaskState::Running);
-        assert_eq!(state.advance(TaskState::Closed), TaskState::Closed);
-        let backwards =
-            std::panic::catch_unwind(|| TaskState::Running.advance(TaskState::Restoring));
-        assert!(backwards.is_err());
+        use TaskState::*;
+        let state = Restoring.advance(Running).advance(Suspended);
+        assert_eq!(state.advance(Closed), Closed);
+        assert_eq!(Restoring.advance(Closed), Closed, "a failed restore closes");
+        assert_eq!(Running.advance(Closed), Closed, "shutdown closes");
+        for (from, to) in [
+            (Running, Restoring),
+            (Suspended, Running),
+            (Closed, Running),
+            (Closed, Closed),
+            (Restoring, Suspended),
+        ] {
+            let illegal = std::panic::catch_unwind(|| from.advance(to));
+            assert!(illegal.is_err(), "{from:?} -> {to:?} must be refused");
+        }
+        assert!(Running.is_running() && !Suspended.is_running());
     }
 }

@@ -1,21 +1,33 @@
-//! The business rules of Stockflow, as pure functions over plain data: no Kafka, RocksDB or
-//! SQL in here. The runtime loads the state a record needs, calls a `decide` function, and
-//! writes back the changes and outputs it returns.
+//! The business rules of Stockflow and the topology that runs them.
 //!
-//! Two sub-topologies, in Kafka Streams' vocabulary:
+//! The rules are pure functions over plain data: no Kafka, RocksDB or SQL in here. Two
+//! sub-topologies, in Kafka Streams' vocabulary:
 //! - [`order`] (A, partitioned by order_id): validates and deduplicates orders, fans their lines
 //!   out as reserve commands, collects the line results, and confirms or rejects the order,
 //!   releasing what was reserved when it rejects (a saga with compensation).
 //! - [`inventory`] (B, partitioned by sku): the stream-table join of line commands and
 //!   inventory adjustments against the stock of each sku; stock never goes negative.
 //!
-//! The records that travel between them on internal topics, and the store values, are defined
-//! here and serialized in the runtime's internal format (`runtime::format`: postcard; the
-//! external contracts are Avro).
+//! [`describe`] and [`build`] describe the topology to the runtime (its sources, stores and
+//! sinks), and [`processors`] are its two processors: they decode a record, load the state
+//! the rule needs through the runtime's `TaskContext`, call the rule, and write back the
+//! changes and outputs it returns.
+//!
+//! The records that travel between the sub-topologies on internal topics, and the store
+//! values, are defined here and serialized in the runtime's internal format
+//! (`runtime::format`: postcard; the external contracts are Avro).
 
 pub mod inventory;
 pub mod order;
+pub mod processors;
 
+use std::sync::Arc;
+
+use schemas::{Codec, Topics};
+
+use crate::metrics::Metrics;
+use crate::runtime::task::TaskId;
+use crate::runtime::topology::{SinkId, SourceId, StoreId, Topology, TopologyBuilder};
 use serde::{Deserialize, Serialize};
 
 /// A command from an order task to the inventory task that owns `sku` (key: sku).
@@ -69,4 +81,187 @@ pub enum Change<T> {
     Keep,
     Put(T),
     Delete,
+}
+
+/// The record on the order-lines repartition topic: a command, and where to send its result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandEnvelope {
+    /// The partition of the order's task (results go straight back to it).
+    pub reply_partition: i32,
+    pub command: LineCommand,
+}
+
+/// Sub-topology A's number (orders, by order_id).
+pub const ORDERS: u8 = 0;
+/// Sub-topology B's number (inventory, by sku).
+pub const INVENTORY: u8 = 1;
+/// A's store: order_id -> [`order::OrderRecord`].
+pub const ORDERS_STORE: &str = "orders";
+/// B's store: sku, reservation and applied-adjustment keys (see [`inventory::keys`]).
+pub const INVENTORY_STORE: &str = "inventory";
+
+/// The handles the processors use: sources, stores and sinks of the topology.
+#[derive(Debug, Clone, Copy)]
+pub struct Wiring {
+    /// A's sources: `orders`, and the line results coming back from B.
+    pub orders: SourceId,
+    pub line_results_in: SourceId,
+    pub orders_store: StoreId,
+    /// B's sources: `inventory-adjustments`, and the line commands coming from A.
+    pub adjustments: SourceId,
+    pub line_commands_in: SourceId,
+    pub inventory_store: StoreId,
+    /// A -> B, keyed by sku.
+    pub line_commands: SinkId,
+    /// B -> A, to the order task's partition.
+    pub line_results: SinkId,
+    pub confirmed: SinkId,
+    pub rejected: SinkId,
+    pub inventory_updated: SinkId,
+}
+
+/// The topology's description and handles, without processors.
+fn describe_with_handles(application_id: &str, topics: &Topics) -> (TopologyBuilder, Wiring) {
+    let mut builder = TopologyBuilder::new(application_id, &topics.orders_dlq);
+    let line_commands = builder.repartition("order-lines");
+    let line_results = builder.repartition("line-results");
+    let confirmed = builder.sink(&topics.orders_confirmed);
+    let rejected = builder.sink(&topics.orders_rejected);
+    let inventory_updated = builder.sink(&topics.inventory_updated);
+    let mut a = builder.sub_topology("orders");
+    let orders = a.source(&topics.orders);
+    let line_results_in = a.repartition_source("line-results");
+    let orders_store = a.store(ORDERS_STORE);
+    let mut b = builder.sub_topology("inventory");
+    let adjustments = b.source(&topics.inventory_adjustments);
+    let line_commands_in = b.repartition_source("order-lines");
+    let inventory_store = b.store(INVENTORY_STORE);
+    let wiring = Wiring {
+        orders,
+        line_results_in,
+        orders_store,
+        adjustments,
+        line_commands_in,
+        inventory_store,
+        line_commands,
+        line_results,
+        confirmed,
+        rejected,
+        inventory_updated,
+    };
+    (builder, wiring)
+}
+
+/// The topology without its processors: its topics and stores (for topic creation checks,
+/// `processor reset`, and tests that read its internal topics).
+pub fn describe(application_id: &str, topics: &Topics) -> Topology {
+    describe_with_handles(application_id, topics).0.build()
+}
+
+/// [`describe`], and the handles of its sources, stores and sinks (e.g. to name a sink's
+/// topic: `topology.sink(wiring.line_commands)`).
+pub fn describe_wired(application_id: &str, topics: &Topics) -> (Topology, Wiring) {
+    let (builder, wiring) = describe_with_handles(application_id, topics);
+    (builder.build(), wiring)
+}
+
+/// The topology with its processors, ready to run.
+pub fn build(
+    application_id: &str,
+    topics: &Topics,
+    codec: Arc<Codec>,
+    metrics: Metrics,
+) -> Topology {
+    let (mut builder, wiring) = describe_with_handles(application_id, topics);
+    let avro = processors::Avro::new(codec);
+    let (a, b) = (avro.clone(), metrics.clone());
+    builder.processors(
+        usize::from(ORDERS),
+        Arc::new(move |_: TaskId| processors::orders(wiring, a.clone(), b.clone())),
+    );
+    builder.processors(
+        usize::from(INVENTORY),
+        Arc::new(move |_: TaskId| processors::inventory(wiring, avro.clone())),
+    );
+    builder.build()
+}
+
+#[cfg(test)]
+mod format_tests {
+    //! The topology's store values and internal records in the runtime's internal format.
+    use crate::runtime::format::{FormatError, decode, encode};
+    use crate::topology::order::{OrderRecord, OrderStatus};
+    use crate::topology::{LineCommand, LineOutcome};
+    use schemas::{OrderLine, RejectedLine, RejectionReason};
+
+    fn record(status: OrderStatus) -> OrderRecord {
+        OrderRecord {
+            customer_id: "customer-0042".into(),
+            currency: "EUR".into(),
+            created_at: 1_795_331_857_000,
+            lines: vec![OrderLine {
+                sku: "SKU-000123".into(),
+                quantity: 2,
+                unit_price_cents: 1999,
+            }],
+            total_cents: 3998,
+            status,
+            decided_at: Some(1_795_331_857_123),
+        }
+    }
+
+    #[test]
+    fn every_status_round_trips_and_is_much_smaller_than_json() {
+        let statuses = [
+            OrderStatus::Pending {
+                results: vec![None, Some(LineOutcome::Insufficient { available: 3 })],
+            },
+            OrderStatus::Confirmed,
+            OrderStatus::Rejected {
+                reason: RejectionReason::InsufficientStock,
+                message: "line 1: 3 available".into(),
+                lines: vec![RejectedLine {
+                    sku: "SKU-000123".into(),
+                    requested: 2,
+                    available: Some(1),
+                }],
+            },
+        ];
+        for status in statuses {
+            let value = record(status);
+            let bytes = encode(&value);
+            assert_eq!(decode::<OrderRecord>(&bytes), Ok(value.clone()));
+            let json = serde_json::to_vec(&value).expect("JSON");
+            assert!(
+                bytes.len() * 2 < json.len(),
+                "{} bytes against {} in JSON",
+                bytes.len(),
+                json.len()
+            );
+        }
+        let command = LineCommand::Release {
+            order_id: "o-1".into(),
+            line: 1,
+            sku: "SKU-1".into(),
+            quantity: 5,
+        };
+        assert_eq!(decode::<LineCommand>(&encode(&command)), Ok(command));
+    }
+
+    #[test]
+    fn refuses_json_unknown_versions_and_garbage_with_a_reason() {
+        let json = serde_json::to_vec(&record(OrderStatus::Confirmed)).expect("JSON");
+        assert_eq!(decode::<OrderRecord>(&json), Err(FormatError::Json));
+        assert_eq!(decode::<OrderRecord>(&[]), Err(FormatError::Empty));
+        assert_eq!(
+            decode::<OrderRecord>(&[7, 1, 2]),
+            Err(FormatError::Version(7))
+        );
+        let mut truncated = encode(&record(OrderStatus::Confirmed));
+        truncated.truncate(10);
+        assert!(matches!(
+            decode::<OrderRecord>(&truncated),
+            Err(FormatError::Postcard(_))
+        ));
+    }
 }

@@ -13,8 +13,6 @@ use plumbing::connection::ConnectionArgs;
 use processor::app::Running;
 use processor::cli::RunArgs;
 use processor::runtime::format;
-use processor::runtime::task::SubTopology;
-use processor::runtime::topics::TopologyTopics;
 use processor::topology::inventory::{SkuRecord, keys};
 use schemas::{
     Codec, Contract, InventoryUpdated, OrderConfirmed, OrderCreated, OrderLine, OrderRejected,
@@ -442,10 +440,13 @@ impl World {
     /// The processor's inventory state: the last committed value of every sku key in the
     /// inventory store's changelog (sku -> (available, reserved)).
     pub async fn processor_inventory(&self) -> HashMap<String, (i64, i64)> {
-        let topics = TopologyTopics::new(&self.application_id, self.topics.clone());
+        let topology = processor::topology::describe(&self.application_id, &self.topics);
+        let changelog = topology
+            .changelog(processor::topology::INVENTORY_STORE)
+            .expect("the inventory store has a changelog");
         let records = read_at_least(
             &self.bootstrap,
-            &[topics.changelog(SubTopology::Inventory)],
+            &[changelog],
             Isolation::ReadCommitted,
             1,
             MINUTE,

@@ -7,19 +7,19 @@
 //! reads see pending, then committing, then RocksDB. When the transaction commits,
 //! [`Store::commit`] hands the committing layer to the engine's [`Writer`], which applies it to
 //! RocksDB on a thread of its own, in one atomic `WriteBatch` together with the changelog
-//! offset it reaches; until it has, reads see the layer too. When the transaction aborts,
-//! [`Store::rollback`] drops both uncommitted layers. RocksDB therefore only ever holds committed state, tagged with the changelog
-//! offset that produced it, so a restart restores only the changelog's tail.
+//! offset it reaches; until it has, reads see the layer too. Once applied, the writer
+//! publishes what it wrote ([`Applied`]) to its [`Subscription`], if it has one (the read
+//! model). When the transaction aborts, [`Store::rollback`] drops both uncommitted layers.
+//! RocksDB therefore only ever holds committed state, tagged with the changelog offset that
+//! produced it, so a restart restores only the changelog's tail.
 //!
 //! RocksDB's WAL is kept but never synced: a killed process loses nothing (the OS has the
 //! pages), and a lost machine loses only what the changelog gives back.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rocksdb::{
@@ -30,6 +30,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::format;
+pub use writer::{Applied, Origin, Subscription, Writer};
+use writer::{Job, JobState};
+
+mod writer;
 
 const META: &str = "meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog-offset";
@@ -269,15 +273,14 @@ impl Store {
     }
 
     /// The transaction committed: hands the committing layer and the changelog offset it
-    /// reaches to `writer`, which applies them to RocksDB atomically and then calls `then` with
-    /// the puts whose key starts with `shown` (for the read model). Reads see the layer until
-    /// it is applied. Fails if an earlier write of this writer failed.
+    /// reaches to `writer`, which applies them to RocksDB atomically and then publishes them
+    /// to its subscription, as written by `origin`. Reads see the layer until it is applied.
+    /// Fails if an earlier write of this writer failed.
     pub fn commit(
         &mut self,
         changelog_offset: Option<i64>,
-        shown: &'static [u8],
         writer: &Writer,
-        then: impl FnOnce(Entries) + Send + 'static,
+        origin: Origin,
     ) -> Result<(), StoreError> {
         writer.check()?;
         self.prune();
@@ -298,9 +301,8 @@ impl Store {
             path: self.path.clone(),
             layer: layer.clone(),
             changelog_offset,
-            shown,
-            then: Box::new(then),
-            state: state.clone(),
+            origin,
+            state: JobState(state.clone()),
         });
         self.applying.push_back(Applying { layer, state });
         if changelog_offset.is_some() {
@@ -406,140 +408,54 @@ fn write_batch(
         })
 }
 
-/// A committed layer for the writer.
-struct Job {
-    db: Arc<DB>,
-    path: PathBuf,
-    layer: Arc<Layer>,
-    changelog_offset: Option<i64>,
-    shown: &'static [u8],
-    then: Box<dyn FnOnce(Entries) + Send>,
-    state: Arc<AtomicU8>,
-}
-
-/// Applies committed layers to RocksDB, in the order they were committed, on a thread of its
-/// own: an engine's writes took a seventh of its time. One per engine; dropping it applies
-/// what was handed to it, then stops the thread.
-pub struct Writer {
-    jobs: Option<Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-    failure: Arc<Mutex<Option<StoreError>>>,
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").finish_non_exhaustive()
-    }
-}
-
-impl Writer {
-    /// Starts the writer thread, named `name`.
-    pub fn start(name: String) -> std::io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel();
-        let failure = Arc::new(Mutex::new(None));
-        let thread = std::thread::Builder::new().name(name).spawn({
-            let failure = failure.clone();
-            move || write_all(queue, &failure)
-        })?;
-        Ok(Self {
-            jobs: Some(jobs),
-            thread: Some(thread),
-            failure,
-        })
-    }
-
-    fn submit(&self, job: Job) {
-        let jobs = self
-            .jobs
-            .as_ref()
-            .expect("invariant: the writer's queue is open until it is dropped");
-        if let Err(returned) = jobs.send(job) {
-            // The thread is gone (it only stops when the queue closes): a broken invariant,
-            // but the layer must not look pending forever.
-            tracing::error!("invariant broken: the store writer stopped early");
-            lock(&self.failure).get_or_insert(StoreError::WriterStopped);
-            returned.0.state.store(FAILED, Ordering::Release);
-        }
-    }
-
-    /// The first write that failed, if any.
-    fn check(&self) -> Result<(), StoreError> {
-        match lock(&self.failure).take() {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the store writer panicked");
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .expect("invariant: the writer's failure lock is never poisoned")
-}
-
-/// The writer thread: applies each layer in key order (RocksDB's memtable insert starts from
-/// the previous insert's position in its skip list, so sorted keys are much cheaper).
-fn write_all(queue: Receiver<Job>, failure: &Mutex<Option<StoreError>>) {
-    while let Ok(job) = queue.recv() {
-        let Job {
-            db,
-            path,
-            layer,
-            changelog_offset,
-            shown,
-            then,
-            state,
-        } = job;
-        let mut sorted: Vec<_> = layer.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        // Sized up front (a tag and two lengths per entry): growing it copies it each time.
-        let bytes: usize = sorted
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 16)
-            .sum();
-        let mut batch = WriteBatch::with_capacity_bytes(bytes + 64);
-        let mut puts = Vec::new();
-        for (key, value) in sorted {
-            match value {
-                Some(value) => {
-                    batch.put(key, value);
-                    if key.starts_with(shown) {
-                        puts.push((key.clone(), value.clone()));
-                    }
-                }
-                None => batch.delete(key),
-            }
-        }
-        let outcome = match write_batch(&db, &path, batch, changelog_offset) {
-            Ok(()) => {
-                then(puts);
-                APPLIED
-            }
-            Err(error) => {
-                lock(failure).get_or_insert(error);
-                FAILED
-            }
-        };
-        // The database and the layer are released before the store learns the outcome.
-        drop((db, layer));
-        state.store(outcome, Ordering::Release);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+    use crate::runtime::task::TaskId;
+
+    fn origin() -> Origin {
+        Origin {
+            task: TaskId {
+                sub: 0,
+                partition: 0,
+            },
+            store: "test",
+            committed_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_dead_writer_is_reported_and_waits_for_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), &SharedMemory::new(8 << 20)).expect("opens");
+        let (sender, published) = tokio::sync::mpsc::unbounded_channel();
+        // A subscriber whose filter panics kills the writer thread on its first job.
+        let subscription = Subscription {
+            filter: |_, _| panic!("test: the writer thread dies"),
+            sender,
+        };
+        let writer = Writer::start("test-writer".into(), Some(subscription)).expect("starts");
+        store.write(b"a".to_vec(), Some(b"1".to_vec()));
+        store.freeze();
+        store
+            .commit(Some(1), &writer, origin())
+            .expect("handed over");
+        store.settle(); // returns: the job failed rather than staying pending
+        drop(published);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while writer.check().is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1)); // the thread is still unwinding
+        }
+        assert!(matches!(writer.check(), Err(StoreError::WriterStopped)));
+        store.write(b"b".to_vec(), Some(b"2".to_vec()));
+        store.freeze();
+        assert!(
+            store.commit(Some(2), &writer, origin()).is_err(),
+            "the next commit reports it"
+        );
+    }
 
     #[test]
     fn the_committing_layer_holds_the_last_write_of_each_key() {
@@ -566,7 +482,7 @@ mod tests {
     fn reads_see_layers_until_the_writer_has_applied_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = Store::open(dir.path(), &SharedMemory::new(8 << 20)).expect("opens");
-        let writer = Writer::start("test-writer".into()).expect("writer starts");
+        let writer = Writer::start("test-writer".into(), None).expect("writer starts");
         // Many commits of the same keys in a row: each read sees the newest committed value,
         // whether the writer has applied it yet or not.
         for round in 0..50u32 {
@@ -578,7 +494,7 @@ mod tests {
             }
             store.freeze();
             store
-                .commit(Some(i64::from(round)), b"", &writer, |_| {})
+                .commit(Some(i64::from(round)), &writer, origin())
                 .expect("commits");
             for key in 0..100u32 {
                 assert_eq!(
@@ -617,25 +533,29 @@ mod tests {
         store.write(b"b".to_vec(), None);
         assert_eq!(store.get(b"a").expect("reads"), Some(b"2".to_vec()));
         assert_eq!(store.get(b"b").expect("reads"), None);
-        let writer = Writer::start("test-writer".into()).expect("writer starts");
-        let (shown, puts) = std::sync::mpsc::channel();
-        let then = move |entries| shown.send(entries).expect("test receives");
-        store
-            .commit(Some(41), b"a", &writer, then.clone())
-            .expect("commits");
+        let (sender, mut published) = tokio::sync::mpsc::unbounded_channel();
+        let subscription = Subscription {
+            filter: |store, key| store == "test" && key.starts_with(b"a"),
+            sender,
+        };
+        let writer = Writer::start("test-writer".into(), Some(subscription)).expect("starts");
+        store.commit(Some(41), &writer, origin()).expect("commits");
         assert_eq!(
             store.get(b"b").expect("reads"),
             None,
             "the pending delete survives the commit before it"
         );
         assert_eq!(store.get(b"a").expect("reads"), Some(b"2".to_vec()));
+        let applied = published.blocking_recv().expect("published once applied");
         assert_eq!(
-            puts.recv().expect("handed over once applied"),
-            vec![(b"a".to_vec(), b"2".to_vec())]
+            (applied.changelog_offset, applied.entries),
+            (41, vec![(b"a".to_vec(), b"2".to_vec())]),
+            "the puts the filter wants, at the offset they reach"
         );
         store.freeze();
-        store.commit(Some(42), b"", &writer, then).expect("commits");
-        assert!(puts.recv().expect("handed over").is_empty());
+        store.commit(Some(42), &writer, origin()).expect("commits");
+        let applied = published.blocking_recv().expect("published");
+        assert!(applied.entries.is_empty());
         store.flush().expect("flushes");
         drop(store);
 

@@ -27,13 +27,17 @@
 //! Partitions are revoked only after the open transaction commits (in the rebalance callback,
 //! before the consumer rejoins), so a task's new owner never sees half of a transaction.
 //!
+//! The transaction's state (`Idle | Open | Committing`) is an enum with its transitions in one
+//! place, [`lifecycle`], unit-tested without Kafka.
+//!
 //! **at_least_once**. An idempotent, non-transactional producer. At commit time the producer is
 //! flushed; if every delivery succeeded, the stores' pending writes are applied and the input
 //! offsets committed, else the writes are dropped and the partitions rewound. A crash can
 //! repeat outputs, never lose them; the decisions themselves are idempotent (orders are
 //! deduplicated by id, reservations by order and line, adjustments by id).
 
-use std::collections::HashMap;
+mod lifecycle;
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,8 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+pub use lifecycle::{Lifecycle, Positions, TxState};
 
 /// How long a transactional call may take before it counts as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,10 +137,7 @@ impl ProducerContext for DeliveryTracker {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let mut state = self
-            .state
-            .lock()
-            .expect("invariant: delivery state lock is never poisoned");
+        let mut state = self.lock();
         match result {
             Ok(message) => {
                 let topic = message.topic();
@@ -154,13 +157,16 @@ impl ProducerContext for DeliveryTracker {
 }
 
 impl DeliveryTracker {
+    /// The delivery state is a few plain values, updated in one step each: a panic while it
+    /// was held (it ends the engine thread) leaves nothing half-written.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Delivered> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn take(&self) -> Delivered {
-        std::mem::take(
-            &mut *self
-                .state
-                .lock()
-                .expect("invariant: delivery state lock is never poisoned"),
-        )
+        std::mem::take(&mut *self.lock())
     }
 }
 
@@ -175,10 +181,6 @@ pub enum Committed {
     /// partitions must be rewound with [`Transactor::rewind`].
     Aborted(String),
 }
-
-/// Per input topic and partition: (first offset, next offset). Keyed by topic first so that
-/// the per-record update allocates nothing.
-type Consumed = HashMap<String, HashMap<i32, (i64, i64)>>;
 
 /// The producer side of the delivery guarantee: transactions, consumed positions, commits.
 ///
@@ -195,11 +197,8 @@ pub struct Transactor {
     /// The index of the producer of the open (or committing) transaction.
     current: usize,
     guarantee: ProcessingGuarantee,
-    in_transaction: bool,
-    /// Consumed since the last commit started.
-    consumed: Consumed,
-    /// What the commit in progress covers (`None`: no commit in progress).
-    committing: Option<Consumed>,
+    /// The transaction's state and the positions it covers.
+    life: Lifecycle,
     last_commit: Instant,
 }
 
@@ -208,8 +207,7 @@ impl std::fmt::Debug for Transactor {
         f.debug_struct("Transactor")
             .field("guarantee", &self.guarantee)
             .field("transactional_id", &self.transactional_id())
-            .field("in_transaction", &self.in_transaction)
-            .field("committing", &self.committing.is_some())
+            .field("state", &self.life.state())
             .finish()
     }
 }
@@ -288,9 +286,7 @@ impl Transactor {
             producers,
             current: 0,
             guarantee,
-            in_transaction: false,
-            consumed: HashMap::new(),
-            committing: None,
+            life: Lifecycle::default(),
             last_commit: Instant::now(),
         })
     }
@@ -306,23 +302,17 @@ impl Transactor {
 
     /// The transaction has ended (committed or aborted): the next one uses the other producer.
     fn ended(&mut self) {
-        self.in_transaction = false;
         self.current = (self.current + 1) % self.producers.len();
     }
 
     /// Opens a transaction if none is open (exactly-once only). Not while a commit is in
     /// progress: the engine holds its outputs until it has finished.
     pub fn begin(&mut self) -> Result<(), GuaranteeError> {
-        debug_assert!(
-            self.committing.is_none(),
-            "invariant: no transaction begins while one commits"
-        );
-        if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && !self.in_transaction {
+        if self.life.begin() && self.guarantee == ProcessingGuarantee::ExactlyOnceV2 {
             self.producer()
                 .begin_transaction()
                 .map_err(|e| classify(self.transactional_id(), e))?;
         }
-        self.in_transaction = true;
         Ok(())
     }
 
@@ -347,14 +337,7 @@ impl Transactor {
 
     /// Notes that `offset` of `topic[partition]` was processed in the current transaction.
     pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
-        let partitions = match self.consumed.get_mut(topic) {
-            Some(partitions) => partitions,
-            None => self.consumed.entry(topic.to_owned()).or_default(),
-        };
-        partitions
-            .entry(partition)
-            .and_modify(|(_, next)| *next = offset + 1)
-            .or_insert((offset, offset + 1));
+        self.life.consumed(topic, partition, offset);
     }
 
     /// Whether `interval` has passed since the last commit.
@@ -369,24 +352,19 @@ impl Transactor {
 
     /// Whether something was consumed or sent since the last commit finished.
     pub fn is_open(&self) -> bool {
-        self.in_transaction || !self.consumed.is_empty() || self.committing.is_some()
+        self.life.is_open()
     }
 
     /// Whether a commit has started and not finished.
     pub fn is_committing(&self) -> bool {
-        self.committing.is_some()
+        self.life.is_committing()
     }
 
     /// Starts a commit of what was consumed so far; `false` if there is nothing to commit.
     /// Every record of the transaction must have been sent.
     pub fn start_commit(&mut self) -> bool {
-        debug_assert!(self.committing.is_none(), "invariant: one commit at a time");
         self.last_commit = Instant::now();
-        if self.consumed.is_empty() && !self.in_transaction {
-            return false;
-        }
-        self.committing = Some(std::mem::take(&mut self.consumed));
-        true
+        self.life.start_commit()
     }
 
     /// Whether every record sent has its delivery report (serving the reports that arrived).
@@ -402,14 +380,12 @@ impl Transactor {
         &mut self,
         consumer: &BaseConsumer<C>,
     ) -> Result<Committed, GuaranteeError> {
-        let Some(consumed) = self.committing.take() else {
+        let Some(covers) = self.life.covers() else {
             return Ok(Committed::Nothing);
         };
         let mut offsets = TopicPartitionList::new();
-        for (topic, partitions) in &consumed {
-            for (partition, (_, next)) in partitions {
-                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-            }
+        for (topic, partition, next) in covers.next_offsets() {
+            offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
         }
         let committed = match self.guarantee {
             ProcessingGuarantee::ExactlyOnceV2 => self.commit_transaction(consumer, &offsets)?,
@@ -422,7 +398,6 @@ impl Transactor {
                         if offsets.count() > 0 {
                             consumer.commit(&offsets, CommitMode::Sync)?;
                         }
-                        self.in_transaction = false;
                         Committed::Done {
                             changelog_offsets: delivered.changelog_offsets,
                         }
@@ -430,25 +405,10 @@ impl Transactor {
                 }
             }
         };
-        if let Committed::Aborted(_) = committed {
-            // Rewound with what was consumed since: its first offsets come first.
-            self.merge_back(consumed);
-        }
+        // Aborted: the positions go back under what was consumed since, to be rewound.
+        self.life
+            .finish(matches!(committed, Committed::Done { .. }));
         Ok(committed)
-    }
-
-    /// Puts an unfinished commit's positions back under what was consumed since, so that a
-    /// rewind goes back to the earliest uncommitted offset of each partition.
-    fn merge_back(&mut self, earlier: Consumed) {
-        for (topic, partitions) in earlier {
-            let later = self.consumed.entry(topic).or_default();
-            for (partition, (first, next)) in partitions {
-                later
-                    .entry(partition)
-                    .and_modify(|(f, _)| *f = first)
-                    .or_insert((first, next));
-            }
-        }
     }
 
     fn commit_transaction<C: ConsumerContext>(
@@ -524,34 +484,32 @@ impl Transactor {
 
     /// Aborts the open transaction (exactly-once), commit in progress or not, and forgets its
     /// deliveries.
-    pub fn abort(&mut self) -> Result<(), GuaranteeError> {
-        if let Some(consumed) = self.committing.take() {
-            self.merge_back(consumed);
-        }
-        if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && self.in_transaction {
+    /// Returns where each partition consumed since the last finished commit must be rewound
+    /// to (see [`Transactor::rewind`]).
+    pub fn abort(&mut self) -> Result<Vec<(String, i32, i64)>, GuaranteeError> {
+        let open = *self.life.state() != TxState::Idle;
+        let rewind = self.life.abort();
+        if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && open {
             self.producer()
                 .abort_transaction(TXN_TIMEOUT)
                 .map_err(|e| classify(self.transactional_id(), e))?;
         }
         self.tracker().take();
         self.ended();
-        Ok(())
+        Ok(rewind)
     }
 
-    /// Seeks every partition consumed since the last finished commit back to its first
-    /// uncommitted offset.
-    pub fn rewind<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
-        for (topic, partitions) in self.consumed.drain() {
-            for (partition, (first, _)) in partitions {
-                if let Err(error) = consumer.seek(
-                    &topic,
-                    partition,
-                    Offset::Offset(first),
-                    Duration::from_secs(10),
-                ) {
-                    // Not assigned any more: its new owner starts from the committed offset.
-                    tracing::debug!(topic, partition, %error, "rewind skipped");
-                }
+    /// Seeks each partition back to the offset [`Transactor::abort`] returned for it.
+    pub fn rewind<C: ConsumerContext>(consumer: &BaseConsumer<C>, to: Vec<(String, i32, i64)>) {
+        for (topic, partition, first) in to {
+            if let Err(error) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(first),
+                Duration::from_secs(10),
+            ) {
+                // Not assigned any more: its new owner starts from the committed offset.
+                tracing::debug!(topic, partition, %error, "rewind skipped");
             }
         }
     }

@@ -1,0 +1,101 @@
+//! The [`TaskContext`] a processor sees in the engine: its task's RocksDB stores (through their
+//! uncommitted layers) and the engine's outputs, for the record being processed.
+
+use std::time::{Duration, Instant};
+
+use super::outputs::Outputs;
+use super::tasks::{Punctuation, TaskView};
+use crate::runtime::task::TaskId;
+use crate::runtime::topology::{ProcessError, Record, SinkId, StoreId, TaskContext};
+
+pub(super) struct EngineContext<'a> {
+    task: TaskView<'a>,
+    out: &'a mut Outputs,
+    /// The record being processed (`None` in `init` and `punctuate`).
+    record: Option<&'a Record<'a>>,
+    /// Whether the processor changed its punctuation schedule.
+    scheduled: bool,
+}
+
+impl<'a> EngineContext<'a> {
+    pub fn new(task: TaskView<'a>, out: &'a mut Outputs, record: Option<&'a Record<'a>>) -> Self {
+        Self {
+            task,
+            out,
+            record,
+            scheduled: false,
+        }
+    }
+
+    /// Whether the processor changed its punctuation schedule (the engine's earliest
+    /// punctuation must be recomputed).
+    pub fn scheduled(&self) -> bool {
+        self.scheduled
+    }
+}
+
+impl TaskContext for EngineContext<'_> {
+    fn task(&self) -> TaskId {
+        self.task.id
+    }
+
+    fn get(&self, store: StoreId, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
+        self.task.stores[usize::from(store.0)]
+            .get(key)
+            .map_err(ProcessError::fatal)
+    }
+
+    fn put(&mut self, store: StoreId, key: &[u8], value: Vec<u8>) {
+        self.task.stores[usize::from(store.0)].write(key.to_vec(), Some(value));
+    }
+
+    fn delete(&mut self, store: StoreId, key: &[u8]) {
+        self.task.stores[usize::from(store.0)].write(key.to_vec(), None);
+    }
+
+    fn send(
+        &mut self,
+        sink: SinkId,
+        key: &[u8],
+        value: &[u8],
+        partition: Option<i32>,
+    ) -> Result<(), ProcessError> {
+        self.out
+            .send(sink, partition, key, Some(value))
+            .map_err(ProcessError::fatal)
+    }
+
+    fn dead_letter(&mut self, kind: &str, reason: &str) -> Result<(), ProcessError> {
+        let Some(record) = self.record else {
+            return Err(ProcessError::fatal(NoRecord));
+        };
+        self.out
+            .dead_letter(record, kind, reason)
+            .map_err(ProcessError::fatal)
+    }
+
+    fn partitions(&self, sink: SinkId) -> i32 {
+        self.out.partitions(sink)
+    }
+
+    fn stream_time(&self) -> i64 {
+        self.task.stream_time
+    }
+
+    fn wall_clock(&self) -> i64 {
+        schemas::now_millis()
+    }
+
+    fn schedule(&mut self, interval: Duration) {
+        *self.task.punctuation = Some(Punctuation {
+            interval,
+            next: Instant::now() + interval,
+        });
+        self.scheduled = true;
+    }
+}
+
+/// `dead_letter` outside of `process`: a bug in the processor.
+#[derive(Debug, thiserror::Error)]
+#[error("dead_letter called with no record being processed (in init or punctuate)")]
+struct NoRecord;

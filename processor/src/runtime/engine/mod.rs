@@ -1,0 +1,595 @@
+//! The engine: one consumer, the transactional producers, the tasks one stream thread owns,
+//! and the loop that polls a record, hands it to its task's processor, and commits on
+//! schedule. It moves bytes: what a record means is the topology's business.
+//!
+//! It runs on one blocking thread (librdkafka's rebalance callbacks run inside `poll`, and the
+//! engine commits there before partitions move). The consumer's context holds the engine
+//! behind a mutex so those callbacks can reach it; the loop never holds the lock while it
+//! polls, so the lock is never contended.
+//!
+//! Layout: this module (the poll/commit loop and the commit steps); [`tasks`] (assignment,
+//! revocation, opening and closing tasks); [`context`] (the [`TaskContext`] processors see);
+//! [`outputs`] (sends, the outbox held while a commit is in progress, changelogs, dead
+//! letters).
+//!
+//! [`TaskContext`]: super::topology::TaskContext
+
+mod context;
+mod outputs;
+mod tasks;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transactor};
+use super::restore::RestoreError;
+use super::store::{Origin, SharedMemory, StoreError, Subscription, Writer};
+use super::task::TaskId;
+use super::topics::Partitions;
+use super::topology::{ProcessError, Record, SourceId, Topology};
+use crate::metrics::Metrics;
+use context::EngineContext;
+use outputs::Outputs;
+use tasks::Tasks;
+
+/// How long to wait before retrying after a transient failure (registry unreachable).
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Records processed between two servings of the producer's delivery reports.
+const DELIVERY_POLL_EVERY: u32 = 64;
+
+/// While a commit waits for the broker's acknowledgements, records processed between two
+/// checks whether they have all arrived.
+const DELIVERY_CHECK_EVERY: u32 = 8;
+
+/// How long the consumer waits for records when no transaction is open.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
+/// When the engine has read everything there is, it commits the open transaction once it is
+/// this fraction of the commit interval old, instead of waiting for the whole interval: every
+/// hop through a repartition topic waits for a commit, so this is most of an order's latency
+/// under light load. Under full load the input is never drained and the interval governs.
+/// (An eighth made no difference beyond the machine's noise in six alternated pairs of latency
+/// runs, and every commit costs the broker a marker on each partition the transaction wrote;
+/// see BENCHMARKS.md, session 8.)
+const EARLY_COMMIT_DIVISOR: u32 = 4;
+
+/// What the engine needs to know.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub application_id: String,
+    pub guarantee: ProcessingGuarantee,
+    pub commit_interval: Duration,
+    /// `<state.dir>/<application.id>`.
+    pub state_dir: PathBuf,
+    /// Bootstrap servers and pass-through librdkafka properties.
+    pub client: ClientConfig,
+    /// Stable per state directory and engine thread; names the transactional producers.
+    pub instance_id: String,
+    /// The RocksDB memory every store of the process shares.
+    pub memory: SharedMemory,
+    /// What runs: the topology, with a processor supplier per sub-topology.
+    pub topology: Arc<Topology>,
+    /// Its topics' partition counts.
+    pub partitions: Arc<Partitions>,
+    /// Who hears of what the stores apply (the read model), if anyone.
+    pub subscription: Option<Subscription>,
+}
+
+/// Why the engine stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Guarantee(#[from] GuaranteeError),
+    #[error("Kafka consumer: {0}")]
+    Consumer(#[from] KafkaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("task {task}: {source}")]
+    Processor {
+        task: TaskId,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot start the store writer thread: {0}")]
+    Writer(std::io::Error),
+}
+
+/// Everything the loop and the rebalance callbacks share.
+pub struct Engine {
+    config: EngineConfig,
+    tasks: Tasks,
+    out: Outputs,
+    /// When the commit in progress (or the last one) started.
+    commit_started: Instant,
+    /// Applies the stores' committed layers to RocksDB.
+    writer: Writer,
+    metrics: Metrics,
+    /// `records_consumed` per (sub-topology, source, partition), looked up once: the hot path
+    /// only increments.
+    consumed: HashMap<(u8, SourceId, i32), IntCounter>,
+    ready: Arc<AtomicBool>,
+    /// An error raised inside a rebalance callback, for the loop to return.
+    fatal: Option<EngineError>,
+    /// The engine failed: what it holds uncommitted is dropped, never committed (the revoke
+    /// callback of the consumer's close must not start a commit).
+    failed: bool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("tasks", &self.tasks)
+            .field("out", &self.out)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// The consumer's context: rebalance callbacks and statistics.
+pub struct StreamsContext {
+    engine: Arc<Mutex<Engine>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for StreamsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamsContext").finish_non_exhaustive()
+    }
+}
+
+impl ClientContext for StreamsContext {
+    /// Consumer lag per input partition, from librdkafka's statistics. Offsets are committed
+    /// through the producer's transactions, so librdkafka's own `consumer_lag` (measured from
+    /// the consumer's commits) is unknown: the lag is the last stable offset (what a
+    /// read_committed consumer can reach) minus the next offset the engine will read.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition >= 0 && p.app_offset >= 0 && p.ls_offset >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set((p.ls_offset - p.app_offset).max(0));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StreamsContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            lock(&self.engine).on_revoke(consumer, partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            lock(&self.engine).on_assign(partitions);
+        }
+    }
+}
+
+/// The engine's lock. A panic while it was held ends the engine thread (the caller reports
+/// it and stops the process), so a poisoned lock is only ever seen by that thread's own
+/// unwinding, and the data is still the engine's: it is taken as it is.
+fn lock(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the engine until `shutdown`, then commits, leaves the group and closes the stores.
+pub fn run_engine(
+    config: EngineConfig,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> Result<(), EngineError> {
+    let transactional_id = format!("{}-{}", config.application_id, config.instance_id);
+    let tx = Transactor::new(
+        &config.client,
+        config.guarantee,
+        transactional_id,
+        config.topology.changelogs(),
+    )?;
+    let writer_name = match std::thread::current().name() {
+        Some(engine) => format!("{engine}-store"),
+        None => "store-writer".to_owned(),
+    };
+    let writer =
+        Writer::start(writer_name, config.subscription.clone()).map_err(EngineError::Writer)?;
+    let out = Outputs::new(tx, &config.topology, &config.partitions, &metrics);
+    let engine = Arc::new(Mutex::new(Engine {
+        tasks: Tasks::default(),
+        out,
+        commit_started: Instant::now(),
+        writer,
+        metrics: metrics.clone(),
+        consumed: HashMap::new(),
+        ready,
+        fatal: None,
+        failed: false,
+        config: config.clone(),
+    }));
+    let consumer: BaseConsumer<StreamsContext> = config
+        .client
+        .clone()
+        .set("group.id", &config.application_id)
+        .set("partition.assignment.strategy", "range")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("statistics.interval.ms", "5000")
+        // Fetches wait at most 20 ms for data, not Kafka's 500: librdkafka keeps one fetch in
+        // flight per broker, so a long wait on idle partitions would hold up the first fetch
+        // after a rewind or a new assignment. (The wait was shortened because a commit marker
+        // seemed not to answer a waiting read_committed fetch; on Kafka 4.1 it does: at 2
+        // orders/s each hop took as long with 500 ms. BENCHMARKS.md, session 9.)
+        .set(
+            "fetch.wait.max.ms",
+            config.client.get("fetch.wait.max.ms").unwrap_or("20"),
+        )
+        .create_with_context(StreamsContext {
+            engine: engine.clone(),
+            metrics,
+        })?;
+    consumer.subscribe(&config.topology.source_topics())?;
+    tracing::info!(application_id = %config.application_id, guarantee = ?config.guarantee, "processing");
+
+    let mut result = run_loop(&consumer, &engine, &shutdown);
+    // Commit what is in hand, then leave the group (the revoke callback closes the tasks).
+    if result.is_ok() {
+        result = lock(&engine).commit(&consumer);
+    }
+    if let Err(error) = &result {
+        tracing::error!(%error, "engine stopped");
+        // Nothing uncommitted may be committed now: the revoke callback that closing the
+        // consumer runs only closes the tasks.
+        lock(&engine).failed = true;
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    let mut engine = lock(&engine);
+    let engine = &mut *engine;
+    engine.tasks.close_all(&engine.metrics);
+    engine.ready.store(false, Ordering::Release);
+    result
+}
+
+fn run_loop(
+    consumer: &BaseConsumer<StreamsContext>,
+    engine: &Mutex<Engine>,
+    shutdown: &CancellationToken,
+) -> Result<(), EngineError> {
+    let mut unserved = 0;
+    let mut wait = IDLE_POLL;
+    while !shutdown.is_cancelled() {
+        let polled = consumer.poll(wait);
+        let mut engine = lock(engine);
+        if let Some(error) = engine.fatal.take() {
+            return Err(error);
+        }
+        let idle = polled.is_none();
+        match polled {
+            Some(Ok(message)) => engine.process(consumer, &message)?,
+            Some(Err(error)) => tracing::warn!(%error, "consumer error"),
+            None => {}
+        }
+        engine.punctuate(consumer)?;
+        unserved += 1;
+        if engine.out.tx.is_committing() {
+            // The records of the transaction being committed are on their way to the broker,
+            // and the engine goes on processing meanwhile; the commit finishes as soon as they
+            // are all acknowledged, or at once when there is nothing to process.
+            if idle || engine.out.outbox_full() {
+                engine.finish_commit(consumer)?;
+            } else if unserved >= DELIVERY_CHECK_EVERY {
+                unserved = 0;
+                if engine.out.tx.delivered() {
+                    engine.finish_commit(consumer)?;
+                }
+            }
+        } else {
+            // Delivery reports arrive in batches: serving them after every record only costs
+            // clock reads and empty queue checks.
+            if idle || unserved >= DELIVERY_POLL_EVERY {
+                engine.out.tx.poll();
+                unserved = 0;
+            }
+            let interval = engine.config.commit_interval;
+            if engine.out.tx.due(interval)
+                || (idle && engine.out.tx.due(interval / EARLY_COMMIT_DIVISOR))
+            {
+                engine.start_commit()?;
+                engine.update_memory_metrics();
+            }
+        }
+        // While a commit waits for acknowledgements, take whatever records are there without
+        // waiting (none: the commit finishes); with a transaction open, wait no longer than
+        // until an early commit is due.
+        wait = if engine.out.tx.is_committing() {
+            Duration::ZERO
+        } else if engine.out.tx.is_open() {
+            engine
+                .out
+                .tx
+                .until_due(engine.config.commit_interval / EARLY_COMMIT_DIVISOR)
+        } else {
+            IDLE_POLL
+        };
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Hands one record to its task's processor; a transient failure rolls the transaction
+    /// back and waits before the records are read again.
+    fn process(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), EngineError> {
+        let topic = message.topic(); // checked as UTF-8 on every call: once per record
+        let Some((sub, source)) = self.config.topology.source(topic) else {
+            return Ok(());
+        };
+        let id = TaskId {
+            sub,
+            partition: message.partition(),
+        };
+        let Some(task) = self.tasks.running(id) else {
+            return Ok(()); // revoked while the record was in flight
+        };
+        let started = Instant::now();
+        if !self.out.tx.is_committing() {
+            self.out.tx.begin()?;
+        }
+        let record = Record {
+            source,
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis().unwrap_or(0),
+            key: message.key(),
+            value: message.payload(),
+        };
+        task.stream_time = task.stream_time.max(record.timestamp);
+        let (processor, view) = task.split();
+        let mut ctx = EngineContext::new(view, &mut self.out, Some(&record));
+        let processed = processor.process(&mut ctx, &record);
+        if ctx.scheduled() {
+            self.tasks.reschedule();
+        }
+        match processed {
+            Ok(()) => {
+                self.out.tx.consumed(topic, record.partition, record.offset);
+                let metrics = &self.metrics;
+                self.consumed
+                    .entry((sub, source, record.partition))
+                    .or_insert_with(|| {
+                        metrics
+                            .records_consumed
+                            .with_label_values(&[topic, &record.partition.to_string()])
+                    })
+                    .inc();
+                self.metrics
+                    .processing_latency
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Err(ProcessError::Retry(reason)) => {
+                tracing::warn!(%reason, "transient failure: rolling back and retrying");
+                self.out.tx.consumed(topic, record.partition, record.offset);
+                self.roll_back(consumer, &reason)?;
+                std::thread::sleep(RETRY_BACKOFF);
+                Ok(())
+            }
+            Err(ProcessError::Fatal(source)) => Err(EngineError::Processor { task: id, source }),
+        }
+    }
+
+    /// Runs the punctuations that are due.
+    fn punctuate(&mut self, consumer: &BaseConsumer<StreamsContext>) -> Result<(), EngineError> {
+        let now = Instant::now();
+        if !self.tasks.punctuation_due(now) {
+            return Ok(());
+        }
+        for id in self.tasks.punctuations(now) {
+            let Some(task) = self.tasks.running(id) else {
+                continue;
+            };
+            let (processor, view) = task.split();
+            let mut ctx = EngineContext::new(view, &mut self.out, None);
+            match processor.punctuate(&mut ctx, schemas::now_millis()) {
+                Ok(()) => {}
+                Err(ProcessError::Retry(reason)) => {
+                    self.roll_back(consumer, &reason)?;
+                    std::thread::sleep(RETRY_BACKOFF);
+                    return Ok(());
+                }
+                Err(ProcessError::Fatal(source)) => {
+                    return Err(EngineError::Processor { task: id, source });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- committing ----
+
+    /// Commits everything processed so far and waits for it (on revoke and shutdown).
+    fn commit(&mut self, consumer: &BaseConsumer<StreamsContext>) -> Result<(), EngineError> {
+        if self.out.tx.is_committing() {
+            self.finish_commit(consumer)?;
+        }
+        self.start_commit()?;
+        self.finish_commit(consumer)
+    }
+
+    /// Starts a commit: the stores' pending writes become their committing layers and go to
+    /// the changelogs, and what was consumed so far is what the commit covers. The engine
+    /// goes on processing until [`Engine::finish_commit`].
+    fn start_commit(&mut self) -> Result<(), EngineError> {
+        self.commit_started = Instant::now();
+        self.tasks.freeze();
+        self.out.send_changelogs(&self.tasks)?;
+        self.out.tx.start_commit();
+        Ok(())
+    }
+
+    /// Waits for the commit in progress, then applies the stores' committing layers (or
+    /// rolls everything back), and sends the outputs held meanwhile in the next transaction.
+    fn finish_commit(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+    ) -> Result<(), EngineError> {
+        match self.out.tx.finish_commit(consumer)? {
+            Committed::Nothing => {}
+            Committed::Done { changelog_offsets } => {
+                let committed_at = Instant::now();
+                let in_kafka = committed_at - self.commit_started;
+                let topology = &self.config.topology;
+                for task in self.tasks.iter_mut() {
+                    let specs = &topology.subs[usize::from(task.id.sub)].stores;
+                    for (store, spec) in task.stores.iter_mut().zip(specs) {
+                        let offset = changelog_offsets.get(&spec.changelog, task.id.partition);
+                        if !store.is_committing() && offset.is_none() {
+                            continue;
+                        }
+                        let origin = Origin {
+                            task: task.id,
+                            store: spec.name,
+                            committed_at,
+                        };
+                        store.commit(offset, &self.writer, origin)?;
+                    }
+                }
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                let took = self.commit_started.elapsed();
+                self.metrics.commit_latency.observe(took.as_secs_f64());
+                if took > self.config.commit_interval {
+                    tracing::debug!(
+                        kafka_ms = in_kafka.as_millis() as u64,
+                        stores_ms = (took - in_kafka).as_millis() as u64,
+                        "slow commit: longer than the commit interval"
+                    );
+                }
+            }
+            Committed::Aborted(reason) => self.roll_back(consumer, &reason)?,
+        }
+        self.out.send_outbox()?;
+        Ok(())
+    }
+
+    /// Aborts the transaction (commit in progress or not), drops every uncommitted store write
+    /// and held output, and rewinds the consumed partitions to the last finished commit.
+    fn roll_back(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        tracing::warn!(reason, "rolling back the transaction");
+        let rewind = self.out.tx.abort()?;
+        self.tasks.roll_back();
+        self.out.clear_outbox();
+        Transactor::rewind(consumer, rewind);
+        self.metrics
+            .transactions
+            .with_label_values(&["aborted"])
+            .inc();
+        Ok(())
+    }
+
+    // ---- rebalancing ----
+
+    fn on_revoke(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: &TopicPartitionList,
+    ) {
+        self.metrics
+            .rebalances
+            .with_label_values(&["revoked"])
+            .inc();
+        let revoked = self.tasks.ids_of(&self.config.topology, partitions);
+        self.tasks.suspend(&revoked);
+        if self.failed {
+            // The engine is stopping after a failure: its uncommitted work is dropped (the
+            // partitions' next owner reads it again from the committed offsets).
+            self.tasks.roll_back();
+            self.out.clear_outbox();
+        } else if let Err(error) = self.commit(consumer) {
+            self.failed = true;
+            self.fatal.get_or_insert(error);
+        }
+        self.tasks.close(&revoked, &self.metrics);
+    }
+
+    fn on_assign(&mut self, partitions: &TopicPartitionList) {
+        self.metrics
+            .rebalances
+            .with_label_values(&["assigned"])
+            .inc();
+        if self.failed {
+            return;
+        }
+        self.ready.store(false, Ordering::Release);
+        let assigned = self.tasks.ids_of(&self.config.topology, partitions);
+        for id in assigned {
+            if let Err(error) = self.open_task(id) {
+                self.failed = true;
+                self.fatal.get_or_insert(error);
+                return;
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Opens `id` (restoring its stores), then starts its processor.
+    fn open_task(&mut self, id: TaskId) -> Result<(), EngineError> {
+        if self.tasks.contains(id) {
+            return Ok(());
+        }
+        let task = tasks::open(&self.config, id, &self.metrics)?;
+        let task = self.tasks.insert(task, &self.metrics);
+        let (processor, view) = task.split();
+        let mut ctx = EngineContext::new(view, &mut self.out, None);
+        let initialized = processor.init(&mut ctx);
+        self.tasks.reschedule();
+        initialized.map_err(|e| EngineError::Processor {
+            task: id,
+            source: match e {
+                ProcessError::Fatal(source) => source,
+                retry @ ProcessError::Retry(_) => Box::new(retry),
+            },
+        })
+    }
+
+    fn update_memory_metrics(&self) {
+        let memory = &self.config.memory;
+        self.metrics
+            .rocksdb_block_cache_usage
+            .set(memory.block_cache_usage() as i64);
+        self.metrics
+            .rocksdb_memtable_usage
+            .set(memory.memtable_usage() as i64);
+    }
+}

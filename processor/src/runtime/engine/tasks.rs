@@ -1,0 +1,256 @@
+//! The tasks an engine owns: opening one on assignment (its stores restored from their
+//! changelogs' tails, its processor made), suspending and closing on revocation, and the
+//! per-task pieces a processor's context is made of. Each task's life is its
+//! [`TaskState`]; every change of it goes through [`TaskState::advance`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::TopicPartitionList;
+
+use super::{EngineConfig, EngineError};
+use crate::metrics::Metrics;
+use crate::runtime::restore::restore;
+use crate::runtime::store::{Origin, Store};
+use crate::runtime::task::{TaskId, TaskState};
+use crate::runtime::topology::{Processor, Topology};
+
+/// A task with its stores (in the order of its sub-topology's store list) and processor.
+pub(super) struct Task {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub stores: Vec<Store>,
+    pub processor: Box<dyn Processor>,
+    /// The highest record timestamp processed.
+    pub stream_time: i64,
+    pub punctuation: Option<Punctuation>,
+}
+
+/// A wall-clock punctuation schedule.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Punctuation {
+    pub interval: Duration,
+    pub next: Instant,
+}
+
+/// What a processor's context sees of its task.
+pub(super) struct TaskView<'a> {
+    pub id: TaskId,
+    pub stores: &'a mut [Store],
+    pub stream_time: i64,
+    pub punctuation: &'a mut Option<Punctuation>,
+}
+
+impl Task {
+    /// The processor, and the rest of the task for its context.
+    pub fn split(&mut self) -> (&mut dyn Processor, TaskView<'_>) {
+        let view = TaskView {
+            id: self.id,
+            stores: &mut self.stores,
+            stream_time: self.stream_time,
+            punctuation: &mut self.punctuation,
+        };
+        (self.processor.as_mut(), view)
+    }
+}
+
+/// The tasks of one engine, by id.
+#[derive(Default)]
+pub(super) struct Tasks {
+    tasks: BTreeMap<TaskId, Task>,
+    /// The earliest punctuation of any task, so the loop checks one instant per record.
+    next_punctuation: Option<Instant>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.tasks.values().map(|t| (t.id, t.state)))
+            .finish()
+    }
+}
+
+impl Tasks {
+    pub fn contains(&self, id: TaskId) -> bool {
+        self.tasks.contains_key(&id)
+    }
+
+    /// The task `id` if it is running.
+    pub fn running(&mut self, id: TaskId) -> Option<&mut Task> {
+        self.tasks.get_mut(&id).filter(|t| t.state.is_running())
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Task> {
+        self.tasks.values_mut()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    /// Adds an opened task, running.
+    pub fn insert(&mut self, task: Task, metrics: &Metrics) -> &mut Task {
+        metrics.assigned_tasks.inc();
+        let id = task.id;
+        tracing::info!(task = %id, "task running");
+        self.tasks.entry(id).or_insert(task)
+    }
+
+    /// The tasks that `partitions` belong to, each once.
+    pub fn ids_of(&self, topology: &Topology, partitions: &TopicPartitionList) -> Vec<TaskId> {
+        let mut ids: Vec<TaskId> = partitions
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let (sub, _) = topology.source(e.topic())?;
+                Some(TaskId {
+                    sub,
+                    partition: e.partition(),
+                })
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Starts a commit of every store: pending writes become the committing layer.
+    pub fn freeze(&mut self) {
+        for store in self.tasks.values_mut().flat_map(|t| &mut t.stores) {
+            store.freeze();
+        }
+    }
+
+    /// Drops every store's uncommitted writes.
+    pub fn roll_back(&mut self) {
+        for store in self.tasks.values_mut().flat_map(|t| &mut t.stores) {
+            store.rollback();
+        }
+    }
+
+    /// The revoked tasks stop processing (their last work is committed next).
+    pub fn suspend(&mut self, ids: &[TaskId]) {
+        for id in ids {
+            if let Some(task) = self.tasks.get_mut(id)
+                && task.state.is_running()
+            {
+                task.state = task.state.advance(TaskState::Suspended);
+            }
+        }
+    }
+
+    /// Closes the tasks `ids`: their stores wait for the writer and flush.
+    pub fn close(&mut self, ids: &[TaskId], metrics: &Metrics) {
+        for id in ids {
+            if let Some(task) = self.tasks.remove(id) {
+                close(task, metrics);
+            }
+        }
+        self.reschedule();
+    }
+
+    /// Closes every task (shutdown).
+    pub fn close_all(&mut self, metrics: &Metrics) {
+        for (_, task) in std::mem::take(&mut self.tasks) {
+            close(task, metrics);
+        }
+        self.next_punctuation = None;
+    }
+
+    /// Whether some punctuation is due at `now`.
+    pub fn punctuation_due(&self, now: Instant) -> bool {
+        self.next_punctuation.is_some_and(|next| next <= now)
+    }
+
+    /// The running tasks whose punctuation is due at `now`; their next one is scheduled.
+    pub fn punctuations(&mut self, now: Instant) -> Vec<TaskId> {
+        let mut due = Vec::new();
+        for task in self.tasks.values_mut() {
+            if let Some(p) = &mut task.punctuation
+                && p.next <= now
+                && task.state.is_running()
+            {
+                p.next = now + p.interval;
+                due.push(task.id);
+            }
+        }
+        self.reschedule();
+        due
+    }
+
+    /// Recomputes the earliest punctuation (after a task scheduled one or closed).
+    pub fn reschedule(&mut self) {
+        self.next_punctuation = self
+            .tasks
+            .values()
+            .filter_map(|t| t.punctuation.map(|p| p.next))
+            .min();
+    }
+}
+
+fn close(mut task: Task, metrics: &Metrics) {
+    metrics.assigned_tasks.dec();
+    task.state = task.state.advance(TaskState::Closed);
+    for store in &task.stores {
+        if let Err(error) = store.flush() {
+            tracing::warn!(task = %task.id, %error, "flush on close failed");
+        }
+    }
+    tracing::info!(task = %task.id, "task closed");
+}
+
+/// Opens task `id`: each store at `<state dir>/<task>` (further stores of the sub-topology
+/// at `<task>-<store>`), restored from its changelog's tail, and offered to the subscription
+/// whole (what a crash kept from it is published now; the subscriber drops what it has);
+/// then its processor.
+pub(super) fn open(
+    config: &EngineConfig,
+    id: TaskId,
+    metrics: &Metrics,
+) -> Result<Task, EngineError> {
+    let sub = &config.topology.subs[usize::from(id.sub)];
+    let mut state = TaskState::Restoring;
+    let started = Instant::now();
+    let mut stores = Vec::with_capacity(sub.stores.len());
+    for (i, spec) in sub.stores.iter().enumerate() {
+        let dir = match i {
+            0 => config.state_dir.join(id.to_string()),
+            _ => config.state_dir.join(format!("{id}-{}", spec.name)),
+        };
+        let store = Store::open(&dir, &config.memory)?;
+        let (store, restored) = restore(
+            &config.client,
+            &spec.changelog,
+            id.partition,
+            store,
+            metrics,
+        )?;
+        if let Some(subscription) = &config.subscription {
+            let origin = Origin {
+                task: id,
+                store: spec.name,
+                committed_at: Instant::now(),
+            };
+            subscription.snapshot(&store, origin);
+        }
+        tracing::info!(
+            task = %id,
+            store = spec.name,
+            restored = restored.records,
+            wiped = restored.wiped,
+            changelog_offset = ?store.changelog_offset(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "store restored"
+        );
+        stores.push(store);
+    }
+    state = state.advance(TaskState::Running);
+    Ok(Task {
+        id,
+        state,
+        stores,
+        processor: config.topology.processor(id),
+        stream_time: i64::MIN,
+        punctuation: None,
+    })
+}
