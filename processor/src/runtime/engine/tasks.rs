@@ -91,9 +91,7 @@ impl Tasks {
     /// Adds an opened task, running.
     pub fn insert(&mut self, task: Task, metrics: &Metrics) -> &mut Task {
         metrics.assigned_tasks.inc();
-        let id = task.id;
-        tracing::info!(task = %id, "task running");
-        self.tasks.entry(id).or_insert(task)
+        self.tasks.entry(task.id).or_insert(task)
     }
 
     /// The tasks that `partitions` belong to, each once.
@@ -212,6 +210,7 @@ pub(super) fn open(
     let mut state = TaskState::Restoring;
     let started = Instant::now();
     let mut stores = Vec::with_capacity(sub.stores.len());
+    let mut records = 0;
     for (i, spec) in sub.stores.iter().enumerate() {
         let dir = match i {
             0 => config.state_dir.join(id.to_string()),
@@ -233,18 +232,25 @@ pub(super) fn open(
             };
             subscription.snapshot(&store, origin);
         }
-        tracing::info!(
+        tracing::debug!(
             task = %id,
             store = spec.name,
             restored = restored.records,
             wiped = restored.wiped,
             changelog_offset = ?store.changelog_offset(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
             "store restored"
         );
+        records += restored.records;
         stores.push(store);
     }
     state = state.advance(TaskState::Running);
+    // The benchmark sums `elapsed_ms` over these lines (time spent restoring).
+    tracing::info!(
+        task = %id,
+        restored = records,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "task running"
+    );
     Ok(Task {
         id,
         state,
