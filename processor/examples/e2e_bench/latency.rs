@@ -75,7 +75,7 @@ pub async fn latency(config: &Config) -> Latency {
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    let (internal, wiring) = processor::topology::describe_wired(app, topics);
+    let (internal, wiring) = processor::topology::describe_wired(app, &topics);
     let commands_topic = internal.sink(wiring.line_commands).to_owned();
     let results_topic = internal.sink(wiring.line_results).to_owned();
     let mut assigned = vec![&topics.orders_confirmed, &topics.orders_rejected];
