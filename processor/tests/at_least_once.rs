@@ -3,14 +3,12 @@
 //! and the decisions stay consistent because they are idempotent (orders by id, reservations
 //! by order and line).
 
-mod children;
 mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use children::{MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order};
-use support::World;
+use support::{MINUTE, World, initial_stock, per_order};
 use testkit::Isolation;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +25,7 @@ async fn at_least_once_loses_no_order_across_a_sigkill() {
         "--commit-interval-ms",
         "1000",
     ];
-    let mut processor = Processor::spawn(&world, "alo-1", state.path(), &flags);
+    let mut processor = world.spawn_processor("alo-1", state.path(), &flags);
     processor.wait_ready(MINUTE).await;
 
     let generator = world.spawn_generator(&[
@@ -44,7 +42,7 @@ async fn at_least_once_loses_no_order_across_a_sigkill() {
     let started = Instant::now();
     loop {
         let decided = processor
-            .scrape("stockflow_order_outcomes_total")
+            .metric("stockflow_order_outcomes_total")
             .await
             .unwrap_or(0.0);
         if decided >= 150.0 {
@@ -55,7 +53,7 @@ async fn at_least_once_loses_no_order_across_a_sigkill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     processor.kill();
-    let mut processor = Processor::spawn(&world, "alo-2", state.path(), &flags);
+    let mut processor = world.spawn_processor("alo-2", state.path(), &flags);
     processor.wait_ready(2 * MINUTE).await;
     let summary = generator.await.expect("the generator ran");
     let orders = (summary.valid + summary.invalid) as usize;
@@ -64,7 +62,7 @@ async fn at_least_once_loses_no_order_across_a_sigkill() {
     // Every order gets an outcome (read_committed sees non-transactional records at once).
     let started = Instant::now();
     let outcomes = loop {
-        let outcomes = outcomes_at(&world, Isolation::ReadCommitted).await;
+        let outcomes = world.outcomes_at(Isolation::ReadCommitted).await;
         if per_order(&outcomes).len() >= orders || started.elapsed() > 2 * MINUTE {
             break outcomes;
         }
@@ -105,7 +103,7 @@ async fn at_least_once_loses_no_order_across_a_sigkill() {
 
     // Stock never went negative, and every unit is accounted for: for each sku, available +
     // reserved is its initial stock, and reserved is what the confirmed orders hold.
-    let updates = inventory_updates(&world).await;
+    let updates = world.inventory_updates().await;
     let negative: Vec<_> = updates.iter().filter(|u| u.available_after < 0).collect();
     assert!(negative.is_empty(), "stock never negative: {negative:?}");
     let confirmed = world.outcomes(orders, MINUTE).await.confirmed;

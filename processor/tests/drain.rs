@@ -2,16 +2,13 @@
 //! exits 0; nothing it did is left in an open transaction or aborted, and its restart on the
 //! same state dir replays no changelog record and decides every order exactly once.
 
-mod children;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use children::{
-    MINUTE, Processor, committed_offsets, ends, inventory_updates, outcomes_at, per_order,
-};
-use support::World;
+use support::{MINUTE, World, per_order};
 use testkit::Isolation;
+use testkit::kafka::end_offsets;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_commits_everything_and_exits_0() {
@@ -19,7 +16,7 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
     let (synthetic, stock) = (40, 1_000);
     world.seed(synthetic, stock).await;
     let state = tempfile::tempdir().expect("state dir");
-    let mut processor = Processor::spawn(&world, "p1", state.path(), &[]);
+    let mut processor = world.spawn_processor("p1", state.path(), &[]);
     processor.wait_ready(MINUTE).await;
 
     let generator = world.spawn_generator(&[
@@ -34,16 +31,13 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
     ]);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let consumed = processor.consumed().await;
-    let aborted = processor
-        .series("stockflow_transactions_total")
-        .await
-        .expect("metrics")
-        .into_iter()
-        .filter(|(labels, _)| labels.contains("aborted"))
-        .map(|(_, v)| v)
-        .sum::<f64>();
+    let aborted = processor.scrape().await.expect("metrics").sum_where(
+        "stockflow_transactions_total",
+        "outcome",
+        "aborted",
+    );
     let decided = processor
-        .scrape("stockflow_order_outcomes_total")
+        .metric("stockflow_order_outcomes_total")
         .await
         .unwrap_or(0.0);
     assert!(decided > 0.0, "it is deciding orders when the signal comes");
@@ -60,6 +54,7 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
 
     // Nothing is left open: on every topic it writes, the last stable offset is the end.
     let topology = processor::topology::describe(&world.application_id, &world.topics);
+    // Its sinks, its changelogs and the dead-letter topic.
     let written: Vec<String> = topology
         .sinks
         .iter()
@@ -68,8 +63,9 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
         .chain([topology.dead_letters.clone()])
         .collect();
     for topic in &written {
-        let stable = ends(&world, topic, Isolation::ReadCommitted);
-        let end = ends(&world, topic, Isolation::ReadUncommitted);
+        let topic = topic.as_str();
+        let stable = end_offsets(&world.bootstrap, &[topic], Isolation::ReadCommitted);
+        let end = end_offsets(&world.bootstrap, &[topic], Isolation::ReadUncommitted);
         assert_eq!(
             stable, end,
             "{topic}: no transaction left open (last stable offsets vs high watermarks)"
@@ -77,7 +73,7 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
     }
     // What it had consumed before the signal is committed.
     for source in topology.source_topics() {
-        let committed = committed_offsets(&world, source, 4);
+        let committed = world.committed_offsets(source);
         for partition in 0..4 {
             let before = consumed
                 .get(&(source.to_owned(), partition))
@@ -93,13 +89,13 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
     }
 
     // The restart replays nothing: its stores hold everything the changelogs do.
-    let mut processor = Processor::spawn(&world, "p2", state.path(), &[]);
+    let mut processor = world.spawn_processor("p2", state.path(), &[]);
     processor.wait_ready(MINUTE).await;
     processor
         .wait_metric("stockflow_assigned_tasks", 8.0, MINUTE)
         .await;
     let restored = processor
-        .scrape("stockflow_restored_records_total")
+        .metric("stockflow_restored_records_total")
         .await
         .expect("the restore metric");
     eprintln!("the restart restored {restored} changelog records");
@@ -119,8 +115,8 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
         "p2 exits 0: {status:?}"
     );
 
-    let committed = outcomes_at(&world, Isolation::ReadCommitted).await;
-    let uncommitted = outcomes_at(&world, Isolation::ReadUncommitted).await;
+    let committed = world.outcomes_at(Isolation::ReadCommitted).await;
+    let uncommitted = world.outcomes_at(Isolation::ReadUncommitted).await;
     let counts = per_order(&committed);
     let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
     assert!(repeated.is_empty(), "no order decided twice: {repeated:?}");
@@ -130,7 +126,7 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
         committed.len(),
         "no outcome was ever written in a transaction that aborted"
     );
-    let updates = inventory_updates(&world).await;
+    let updates = world.inventory_updates().await;
     assert!(
         updates.iter().all(|u| u.available_after >= 0),
         "stock never negative"

@@ -3,16 +3,15 @@
 //! processor's own, left open by a processor binary frozen with SIGSTOP mid-transaction and
 //! killed, then aborted by its restart (which fences its transactional ids).
 
-mod children;
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use children::{MINUTE, OutcomeAt, Processor, ends, outcomes_at, per_order};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use schemas::{OrderConfirmed, now_millis};
-use support::{World, order};
+use support::{MINUTE, OutcomeAt, World, order, per_order};
+use testkit::kafka::end_offsets;
 use testkit::{Isolation, unique};
 
 /// Produces `records` (topic, key, payload) in one transaction of a producer of its own, and
@@ -48,16 +47,13 @@ async fn transaction(world: &World, records: Vec<(String, String, Vec<u8>)>, com
 /// The outcome records above the last stable offset of their partition: in transactions not
 /// decided yet.
 async fn undecided(world: &World) -> Vec<OutcomeAt> {
-    let mut stable = HashMap::new();
-    for topic in [
-        &world.topics.orders_confirmed,
-        &world.topics.orders_rejected,
-    ] {
-        for (partition, lso) in ends(world, topic, Isolation::ReadCommitted) {
-            stable.insert((topic.clone(), partition), lso);
-        }
-    }
-    outcomes_at(world, Isolation::ReadUncommitted)
+    let topics = [
+        world.topics.orders_confirmed.as_str(),
+        world.topics.orders_rejected.as_str(),
+    ];
+    let stable = end_offsets(&world.bootstrap, &topics, Isolation::ReadCommitted);
+    world
+        .outcomes_at(Isolation::ReadUncommitted)
         .await
         .into_iter()
         .filter(|o| o.offset >= stable[&(o.topic.clone(), o.partition)])
@@ -72,7 +68,7 @@ async fn aborted_records_are_seen_by_read_uncommitted_only_and_each_order_has_on
     // Long transactions (commits every 2 s, or after 0.5 s when the input is drained), so a
     // SIGSTOP finds one open with outcomes in it.
     let flags = ["--commit-interval-ms", "2000"];
-    let mut processor = Processor::spawn(&world, "p1", state.path(), &flags);
+    let mut processor = world.spawn_processor("p1", state.path(), &flags);
     processor.wait_ready(MINUTE).await;
 
     // By hand: an order on the input topic and a fake outcome, in a transaction that aborts;
@@ -170,7 +166,7 @@ async fn aborted_records_are_seen_by_read_uncommitted_only_and_each_order_has_on
     processor.kill();
 
     // The restart fences the dead instance's transactional ids: its transaction aborts.
-    let mut processor = Processor::spawn(&world, "p2", state.path(), &flags);
+    let mut processor = world.spawn_processor("p2", state.path(), &flags);
     processor.wait_ready(2 * MINUTE).await;
     let summary = generator.await.expect("the generator ran");
     let orders = (summary.valid + summary.invalid) as usize + 1; // and committed-input
@@ -182,8 +178,8 @@ async fn aborted_records_are_seen_by_read_uncommitted_only_and_each_order_has_on
         "the restarted processor drains and exits 0: {status:?}"
     );
 
-    let committed = outcomes_at(&world, Isolation::ReadCommitted).await;
-    let uncommitted = outcomes_at(&world, Isolation::ReadUncommitted).await;
+    let committed = world.outcomes_at(Isolation::ReadCommitted).await;
+    let uncommitted = world.outcomes_at(Isolation::ReadUncommitted).await;
     let at = |o: &OutcomeAt| (o.topic.clone(), o.partition, o.offset);
     let committed_at: HashSet<_> = committed.iter().map(at).collect();
     let uncommitted_at: HashSet<_> = uncommitted.iter().map(at).collect();

@@ -6,9 +6,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{OffsetWatch, World, initial_stock};
-
-const MINUTE: Duration = Duration::from_secs(60);
+use support::{MINUTE, OffsetWatch, World, initial_stock};
 
 /// Records in the changelogs (the sum of their partitions' high watermarks).
 fn changelog_size(world: &World) -> i64 {
@@ -42,7 +40,7 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
         "0.01",
     ]);
 
-    let mut child = world.spawn_processor(state.path(), &[]);
+    let mut child = world.spawn_processor("crash-0", state.path(), &[]);
     child.wait_ready(MINUTE).await;
     // No row of the read model may go backwards at any sync, across the kills.
     let watch = OffsetWatch::start(world.pg().await, Duration::from_millis(700));
@@ -61,7 +59,7 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
         eprintln!("round {round}: killing after {pause} ms, {decided} outcomes so far");
         child.kill();
         let before_restart = changelog_size(&world);
-        child = world.spawn_processor(state.path(), &[]);
+        child = world.spawn_processor(&format!("crash-{}", round + 1), state.path(), &[]);
         child.wait_ready(3 * MINUTE).await;
         let restored = child.restored_records().await;
         eprintln!("round {round}: restored {restored} of {before_restart} changelog records");
@@ -105,9 +103,9 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
 
     // a runs two engine threads, so three group members share the tasks, and when b dies its
     // tasks move to a's threads.
-    let a = world.spawn_processor(state_a.path(), &["--num-stream-threads", "2"]);
+    let mut a = world.spawn_processor("a", state_a.path(), &["--num-stream-threads", "2"]);
     a.wait_ready(MINUTE).await;
-    let b = world.spawn_processor(state_b.path(), &[]);
+    let b = world.spawn_processor("b", state_b.path(), &[]);
     let traffic = [
         "--synthetic-skus",
         "40",

@@ -8,8 +8,6 @@ use std::process::Output;
 use std::time::{Duration, Instant, SystemTime};
 
 use plumbing::admin::partition_counts;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use support::{World, order};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -17,7 +15,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// Runs the `processor reset` binary for `world` with `extra` flags.
 fn reset(world: &World, extra: &[&str]) -> Output {
     let state = world.state.path().to_string_lossy().into_owned();
-    std::process::Command::new(env!("CARGO_BIN_EXE_processor"))
+    std::process::Command::new(support::processor_binary())
         .args(world.connection_flags())
         .args([
             "reset",
@@ -41,30 +39,8 @@ fn stdout(output: &Output) -> String {
 
 /// The application group's committed offset on each partition of the orders topic.
 fn committed_orders_offsets(world: &World) -> Vec<Option<i64>> {
-    let consumer: BaseConsumer = world
-        .connection
-        .client_config()
-        .set("group.id", &world.application_id)
-        .create()
-        .expect("a consumer");
-    let mut query = TopicPartitionList::new();
-    for partition in 0..4 {
-        query.add_partition(&world.topics.orders, partition);
-    }
-    let committed = consumer
-        .committed_offsets(query, Duration::from_secs(10))
-        .expect("committed offsets");
-    (0..4)
-        .map(|p| {
-            match committed
-                .find_partition(&world.topics.orders, p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            }
-        })
-        .collect()
+    let committed = world.committed_offsets(&world.topics.orders);
+    (0..4).map(|p| committed.get(&p).copied()).collect()
 }
 
 fn internal_topics(world: &World) -> Vec<String> {

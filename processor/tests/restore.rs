@@ -5,15 +5,13 @@
 //! replays nothing, and a restart on an emptied state dir replays every committed changelog
 //! record, and the state it rebuilds decides the next orders as the old state would have.
 
-mod children;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use children::{MINUTE, committed_changelog_records, outcomes_at, per_order};
 use processor::app::Running;
 use schemas::RejectionReason;
-use support::{World, order};
+use support::{MINUTE, World, order, per_order};
 use testkit::Isolation;
 
 /// Waits until `running` has decided `orders` orders and counted `duplicates` duplicates.
@@ -79,7 +77,7 @@ async fn a_clean_restart_restores_nothing_and_an_empty_state_dir_restores_every_
     );
     token.cancel();
     running.wait().await.expect("the first run stops cleanly");
-    let after_first = committed_changelog_records(&world).await;
+    let after_first = world.committed_changelog_records().await;
     assert!(
         after_first > 0,
         "the changelogs hold the state ({after_first} records)"
@@ -106,7 +104,7 @@ async fn a_clean_restart_restores_nothing_and_an_empty_state_dir_restores_every_
     // Third run on an emptied state dir: every committed changelog record is replayed.
     std::fs::remove_dir_all(world.state.path().join(&world.application_id))
         .expect("the state dir is removed");
-    let in_changelogs = committed_changelog_records(&world).await;
+    let in_changelogs = world.committed_changelog_records().await;
     let (running, token) = world.start(&[]).await;
     wait_all_tasks(&running).await;
     let restored = running.metrics.restored_records.get();
@@ -136,7 +134,7 @@ async fn a_clean_restart_restores_nothing_and_an_empty_state_dir_restores_every_
     token.cancel();
     running.wait().await.expect("the third run stops cleanly");
 
-    let outcomes = outcomes_at(&world, Isolation::ReadCommitted).await;
+    let outcomes = world.outcomes_at(Isolation::ReadCommitted).await;
     let counts = per_order(&outcomes);
     assert_eq!(counts.len(), 5, "five distinct orders decided: {counts:?}");
     assert!(

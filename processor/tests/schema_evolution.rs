@@ -7,7 +7,6 @@
 //! dropped; a reader ignores a field it does not know). It is registered first, so the
 //! processor's own registration at start makes the current contract version 2.
 
-mod children;
 mod support;
 
 use std::time::Duration;
@@ -15,10 +14,9 @@ use std::time::Duration;
 use apache_avro::Schema;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
-use children::{MINUTE, read_to_end};
 use schemas::topics::value_subject;
 use schemas::{Registry, now_millis};
-use support::{World, order};
+use support::{MINUTE, World, order};
 use testkit::Isolation;
 
 /// OrderCreated, version 1.
@@ -159,13 +157,13 @@ async fn an_order_written_with_an_older_schema_version_is_decided() {
         0,
         "nothing dead-lettered"
     );
-    let dead = read_to_end(
-        &world,
-        &[world.topics.orders_dlq.as_str()],
-        Isolation::ReadUncommitted,
-        Duration::from_secs(30),
-    )
-    .await;
+    let dead = world
+        .read_to_end(
+            &[world.topics.orders_dlq.as_str()],
+            Isolation::ReadUncommitted,
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(dead.is_empty(), "the dead-letter topic is empty: {dead:?}");
 
     token.cancel();

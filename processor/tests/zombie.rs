@@ -7,24 +7,20 @@
 //! the broker aborts it (`transaction.timeout.ms`, 10 s); when it resumes, its next
 //! transactional call finds the transaction gone and its group generation stale.
 
-mod children;
 mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use children::{
-    MINUTE, Processor, initial_stock, inventory_updates, outcomes_at, per_order, read_to_end,
-};
-use support::World;
+use support::{MINUTE, ProcessorChild, World, initial_stock, per_order};
 use testkit::Isolation;
 
 /// The assigned tasks of `a` and `b` once they add up to all 8 and both own some.
-async fn shared(a: &Processor, b: &Processor) -> (f64, f64) {
+async fn shared(a: &ProcessorChild, b: &ProcessorChild) -> (f64, f64) {
     let started = Instant::now();
     loop {
-        let tasks_a = a.scrape("stockflow_assigned_tasks").await.unwrap_or(0.0);
-        let tasks_b = b.scrape("stockflow_assigned_tasks").await.unwrap_or(0.0);
+        let tasks_a = a.metric("stockflow_assigned_tasks").await.unwrap_or(0.0);
+        let tasks_b = b.metric("stockflow_assigned_tasks").await.unwrap_or(0.0);
         if tasks_a > 0.0 && tasks_b > 0.0 && tasks_a + tasks_b == 8.0 {
             return (tasks_a, tasks_b);
         }
@@ -60,10 +56,10 @@ async fn zombie(name: &str, hold: Duration) {
         tempfile::tempdir().expect("state dir"),
     );
     let a_name = format!("{name}-a");
-    let mut a = Processor::spawn(&world, &a_name, state_a.path(), &[]);
+    let mut a = world.spawn_processor(&a_name, state_a.path(), &[]);
     a.wait_ready(MINUTE).await;
     let b_name = format!("{name}-b");
-    let mut b = Processor::spawn(&world, &b_name, state_b.path(), &[]);
+    let mut b = world.spawn_processor(&b_name, state_b.path(), &[]);
     let (tasks_a, tasks_b) = shared(&a, &b).await;
     eprintln!("{name}: tasks before the freeze: a {tasks_a}, b {tasks_b}");
 
@@ -79,7 +75,7 @@ async fn zombie(name: &str, hold: Duration) {
     ]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let decided_a = a
-        .scrape("stockflow_order_outcomes_total")
+        .metric("stockflow_order_outcomes_total")
         .await
         .unwrap_or(0.0);
     assert!(decided_a > 0.0, "a decides orders before it is frozen");
@@ -101,7 +97,7 @@ async fn zombie(name: &str, hold: Duration) {
         tokio::time::sleep(rest).await;
     }
     let decided_b = b
-        .scrape("stockflow_order_outcomes_total")
+        .metric("stockflow_order_outcomes_total")
         .await
         .unwrap_or(0.0);
     a.signal("CONT");
@@ -125,9 +121,13 @@ async fn zombie(name: &str, hold: Duration) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if a.exit_status().is_none() {
-        let tasks = a.scrape("stockflow_assigned_tasks").await;
-        let decided = a.scrape("stockflow_order_outcomes_total").await;
-        let transactions = a.series("stockflow_transactions_total").await;
+        let tasks = a.metric("stockflow_assigned_tasks").await;
+        let decided = a.metric("stockflow_order_outcomes_total").await;
+        let transactions: Option<Vec<_>> = a.scrape().await.map(|page| {
+            page.of("stockflow_transactions_total")
+                .map(|s| (s.labels.clone(), s.value))
+                .collect()
+        });
         observed.push(format!(
             "still alive 20 s after SIGCONT: assigned tasks {tasks:?}, outcomes {decided:?} \
              (before the freeze {decided_a}), transactions {transactions:?}"
@@ -153,7 +153,7 @@ async fn zombie(name: &str, hold: Duration) {
         .await;
     let started = Instant::now();
     let outcomes = loop {
-        let outcomes = outcomes_at(&world, Isolation::ReadCommitted).await;
+        let outcomes = world.outcomes_at(Isolation::ReadCommitted).await;
         if per_order(&outcomes).len() >= orders || started.elapsed() > 3 * MINUTE {
             break outcomes;
         }
@@ -180,13 +180,13 @@ async fn zombie(name: &str, hold: Duration) {
     );
     if counts.len() < orders {
         // Name the undecided orders and where they are, for the failure message.
-        let sent = read_to_end(
-            &world,
-            &[world.topics.orders.as_str()],
-            Isolation::ReadCommitted,
-            MINUTE,
-        )
-        .await;
+        let sent = world
+            .read_to_end(
+                &[world.topics.orders.as_str()],
+                Isolation::ReadCommitted,
+                MINUTE,
+            )
+            .await;
         let missing: Vec<String> = sent
             .iter()
             .filter_map(|r| {
@@ -203,7 +203,7 @@ async fn zombie(name: &str, hold: Duration) {
     }
     assert_eq!(counts.len(), orders, "every order is decided once");
 
-    let updates = inventory_updates(&world).await;
+    let updates = world.inventory_updates().await;
     let negative: Vec<_> = updates.iter().filter(|u| u.available_after < 0).collect();
     assert!(negative.is_empty(), "stock never negative: {negative:?}");
     // Units are conserved: initial - confirmed = final, for every sku.

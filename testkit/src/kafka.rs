@@ -35,6 +35,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp (milliseconds since the epoch), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 impl Record {
@@ -53,6 +55,7 @@ impl Record {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis(),
             headers: m
                 .headers()
                 .map(|h| {
@@ -111,17 +114,54 @@ pub async fn read_at_least(
 
 /// The high watermark of every partition of `topics` (a topic that does not exist has none).
 pub fn high_watermarks(bootstrap: &str, topics: &[&str]) -> BTreeMap<(String, i32), i64> {
-    let consumer = consumer(bootstrap, Isolation::ReadUncommitted);
-    let mut marks = BTreeMap::new();
+    end_offsets(bootstrap, topics, Isolation::ReadUncommitted)
+}
+
+/// The end of every partition of `topics` as an `isolation` reader sees it: the high
+/// watermark under read_uncommitted, the last stable offset under read_committed (below it
+/// every transaction is decided; librdkafka's ListOffsets request carries the consumer's
+/// isolation level). A topic that does not exist has none.
+pub fn end_offsets(
+    bootstrap: &str,
+    topics: &[&str],
+    isolation: Isolation,
+) -> BTreeMap<(String, i32), i64> {
+    let consumer = consumer(bootstrap, isolation);
+    let mut ends = BTreeMap::new();
     for topic in topics {
         for partition in partitions(&consumer, topic).unwrap_or_else(|e| panic!("{e}")) {
-            let (_, high) = consumer
+            let (_, end) = consumer
                 .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
                 .unwrap_or_else(|e| panic!("watermarks of {topic}[{partition}]: {e}"));
-            marks.insert(((*topic).to_owned(), partition), high);
+            ends.insert(((*topic).to_owned(), partition), end);
         }
     }
-    marks
+    ends
+}
+
+/// The offsets consumer group `group` has committed on the partitions of `topic` (a
+/// partition without one is absent).
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a test consumer");
+    let mut query = TopicPartitionList::new();
+    for partition in partitions(&consumer, topic).unwrap_or_else(|e| panic!("{e}")) {
+        query.add_partition(topic, partition);
+    }
+    consumer
+        .committed_offsets(query, REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("committed offsets of {group} on {topic}: {e}"))
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A reader of some topics that keeps its positions between calls: each call returns the

@@ -142,6 +142,23 @@ pub async fn wait_ready(addr: SocketAddr, deadline: Duration) {
     }
 }
 
+/// Waits until metric `name` (summed over its label sets) is `value` on the process serving
+/// on `addr`; panics after `deadline`, saying what it was.
+pub async fn wait_value(addr: SocketAddr, name: &str, value: f64, deadline: Duration) {
+    let started = Instant::now();
+    loop {
+        let now = scrape(addr).await.and_then(|page| page.get(name));
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the process at {addr}: {name} is {now:?}, not {value}, after {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,16 @@
 //! Shared by the processor's integration tests, on top of `testkit`: a test's own topics,
 //! application id, state dir and read-model schema; the generator to feed it; a processor in
-//! this process or as a child process; readers that decode and check what came out.
+//! this process or as a child process (to kill, freeze, stop and watch); readers that decode
+//! and check what came out.
+//!
+//! Every test binary compiles this module and uses a part of it, so the rest is dead code
+//! there: hence the allow.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -20,14 +26,24 @@ use schemas::{
 };
 use sqlx::PgPool;
 use testkit::child::{ChildProcess, Stderr};
+use testkit::prometheus::Scrape;
 use testkit::{Isolation, Record, TopicReader, pg_schema, ports, read_at_least, stack, unique};
 use tokio_util::sync::CancellationToken;
 
 /// The tests' sync interval: short, so that the read model converges quickly.
 pub const SYNC_INTERVAL: &str = "200ms";
 
-/// How long the checks of a finished run wait for what must be there.
-const MINUTE: Duration = Duration::from_secs(60);
+/// The unit of the tests' deadlines.
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// The `processor` binary the tests start: `STOCKFLOW_PROCESSOR_BIN` if set, else cargo's.
+/// (Worktrees that share one target dir overwrite each other's `target/release/processor`; a
+/// copy of this worktree's binary, named by that variable, keeps a run on its own build.)
+pub fn processor_binary() -> PathBuf {
+    std::env::var_os("STOCKFLOW_PROCESSOR_BIN")
+        .filter(|bin| !bin.is_empty())
+        .map_or_else(|| env!("CARGO_BIN_EXE_processor").into(), PathBuf::from)
+}
 
 /// One test's world: its topic prefix, application id, state directory and PostgreSQL schema.
 pub struct World {
@@ -135,20 +151,30 @@ impl World {
         args
     }
 
-    /// Starts the `processor` binary as a child process on `state_dir`, its metrics on a free
-    /// port, with `extra` run flags (after `-X session.timeout.ms=6000`: a killed instance is
-    /// noticed after 6 s instead of 45 s).
-    pub fn spawn_processor(&self, state_dir: &std::path::Path, extra: &[&str]) -> ProcessorChild {
+    /// Starts the [`processor_binary`] as a child process `name` on `state_dir`, its metrics on
+    /// a free port, with `extra` run flags (after `-X session.timeout.ms=6000`: a dead or
+    /// stopped instance is noticed after 6 s instead of 45 s). Its standard error is kept (see
+    /// [`ChildProcess::log_lines`]) and echoed after `[name] `.
+    pub fn spawn_processor(
+        &self,
+        name: &str,
+        state_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> ProcessorChild {
         let metrics = ports::free_addr();
         let mut flags = vec!["-X", "session.timeout.ms=6000"];
         flags.extend_from_slice(extra);
         let process = ChildProcess::spawn(
-            std::path::Path::new(env!("CARGO_BIN_EXE_processor")),
+            &processor_binary(),
             &self.child_args(state_dir, metrics, &flags),
-            &[("RUST_LOG", "warn")],
-            Stderr::Inherit,
+            &[("RUST_LOG", "warn,processor=info")],
+            Stderr::Capture(name),
         );
-        ProcessorChild { process, metrics }
+        ProcessorChild {
+            name: name.to_owned(),
+            process,
+            metrics,
+        }
     }
 
     /// The global flags of a `processor` binary for this world (before its subcommand).
@@ -316,18 +342,85 @@ impl World {
             rejected: Vec::new(),
         };
         for record in &records {
-            let payload = record.payload.as_deref().expect("a payload");
-            if record.topic == self.topics.orders_confirmed {
-                outcomes
-                    .confirmed
-                    .push(self.codec.decode(payload).await.expect("decodes"));
-            } else {
-                outcomes
-                    .rejected
-                    .push(self.codec.decode(payload).await.expect("decodes"));
+            match self.decode_outcome(record).await {
+                Outcome::Confirmed(c) => outcomes.confirmed.push(c),
+                Outcome::Rejected(r) => outcomes.rejected.push(r),
             }
         }
         outcomes
+    }
+
+    /// An outcome record, decoded by its topic.
+    async fn decode_outcome(&self, record: &Record) -> Outcome {
+        let payload = record.payload.as_deref().expect("a payload");
+        if record.topic == self.topics.orders_confirmed {
+            Outcome::Confirmed(self.codec.decode(payload).await.expect("decodes"))
+        } else {
+            Outcome::Rejected(self.codec.decode(payload).await.expect("decodes"))
+        }
+    }
+
+    /// Every record of `topics` up to the end they have now (the last stable offset under
+    /// read_committed: a transaction still open is not waited for). Panics after `deadline`.
+    pub async fn read_to_end(
+        &self,
+        topics: &[&str],
+        isolation: Isolation,
+        deadline: Duration,
+    ) -> Vec<Record> {
+        TopicReader::new(&self.bootstrap, topics, isolation)
+            .read_to_end(deadline)
+            .await
+    }
+
+    /// Every outcome record (both outcome topics) up to their ends, with where it is.
+    pub async fn outcomes_at(&self, isolation: Isolation) -> Vec<OutcomeAt> {
+        let topics = [
+            self.topics.orders_confirmed.as_str(),
+            self.topics.orders_rejected.as_str(),
+        ];
+        let records = self.read_to_end(&topics, isolation, 2 * MINUTE).await;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let (order_id, confirmed) = match self.decode_outcome(&record).await {
+                Outcome::Confirmed(c) => (c.order_id, true),
+                Outcome::Rejected(r) => (r.order_id, false),
+            };
+            out.push(OutcomeAt {
+                order_id,
+                confirmed,
+                topic: record.topic,
+                partition: record.partition,
+                offset: record.offset,
+            });
+        }
+        out
+    }
+
+    /// Every InventoryUpdated up to the end of its topic (read_committed).
+    pub async fn inventory_updates(&self) -> Vec<InventoryUpdated> {
+        let topics = [self.topics.inventory_updated.as_str()];
+        let records = self
+            .read_to_end(&topics, Isolation::ReadCommitted, 2 * MINUTE)
+            .await;
+        self.decode_all(&records).await
+    }
+
+    /// Records in the application's changelogs that a read_committed reader sees (what a
+    /// restore from scratch replays).
+    pub async fn committed_changelog_records(&self) -> usize {
+        let changelogs =
+            processor::topology::describe(&self.application_id, &self.topics).changelogs();
+        let changelogs: Vec<&str> = changelogs.iter().map(String::as_str).collect();
+        self.read_to_end(&changelogs, Isolation::ReadCommitted, 2 * MINUTE)
+            .await
+            .len()
+    }
+
+    /// The application group's committed offset on every partition of `topic` (absent: none
+    /// committed).
+    pub fn committed_offsets(&self, topic: &str) -> std::collections::BTreeMap<i32, i64> {
+        testkit::kafka::committed_offsets(&self.bootstrap, &self.application_id, topic)
     }
 
     /// Waits until `expected` outcomes have been counted by a processor's metrics.
@@ -546,22 +639,60 @@ impl World {
     }
 }
 
-/// A `processor` child process of a test, and where its metrics are.
+/// A `processor` child process of a test, and where its metrics are. It derefs to its
+/// [`ChildProcess`] for signals, exit statuses and log lines.
 pub struct ProcessorChild {
+    pub name: String,
     pub process: ChildProcess,
     pub metrics: SocketAddr,
 }
 
+impl Deref for ProcessorChild {
+    type Target = ChildProcess;
+
+    fn deref(&self) -> &ChildProcess {
+        &self.process
+    }
+}
+
+impl DerefMut for ProcessorChild {
+    fn deref_mut(&mut self) -> &mut ChildProcess {
+        &mut self.process
+    }
+}
+
 impl ProcessorChild {
-    /// Waits until it reports ready (partitions assigned, state restored).
-    pub async fn wait_ready(&self, deadline: Duration) {
-        testkit::prometheus::wait_ready(self.metrics, deadline).await;
+    /// Waits until it reports ready (partitions assigned, state restored); panics if it exits
+    /// first or is not ready after `deadline`.
+    pub async fn wait_ready(&mut self, deadline: Duration) {
+        let started = Instant::now();
+        while !testkit::prometheus::is_ready(self.metrics).await {
+            if let Some(status) = self.process.exit_status() {
+                panic!("{} exited ({status}) before it was ready", self.name);
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "{} was not ready in {deadline:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Its `/metrics` page; `None` if it does not answer.
+    pub async fn scrape(&self) -> Option<Scrape> {
+        testkit::prometheus::scrape(self.metrics).await
     }
 
     /// Metric `name` summed over its label sets; `None` if it does not answer or has no such
     /// metric.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        testkit::prometheus::scrape(self.metrics).await?.get(name)
+        self.scrape().await?.get(name)
+    }
+
+    /// Waits until metric `name` is `value` (a gauge such as the assigned tasks).
+    pub async fn wait_metric(&self, name: &str, value: f64, deadline: Duration) {
+        testkit::prometheus::wait_value(self.metrics, name, value, deadline).await;
     }
 
     /// Changelog records it restored since it started.
@@ -571,7 +702,22 @@ impl ProcessorChild {
             .expect("the restore metric")
     }
 
-    /// SIGKILL: no chance to commit, flush or leave the group.
+    /// `stockflow_records_consumed_total` per (topic, partition).
+    pub async fn consumed(&self) -> HashMap<(String, i32), i64> {
+        let page = self.scrape().await.expect("the metrics answer");
+        page.of("stockflow_records_consumed_total")
+            .map(|sample| {
+                let topic = sample.label("topic").expect("a topic label").to_owned();
+                let partition = sample
+                    .label("partition")
+                    .and_then(|p| p.parse().ok())
+                    .expect("a partition label");
+                ((topic, partition), sample.value as i64)
+            })
+            .collect()
+    }
+
+    /// SIGKILL: no chance to commit, flush or leave the group. Waits until it is gone.
     pub fn kill(self) {
         self.process.kill();
     }
@@ -627,6 +773,36 @@ impl OffsetWatch {
     }
 }
 
+/// An outcome record, decoded.
+enum Outcome {
+    Confirmed(OrderConfirmed),
+    Rejected(OrderRejected),
+}
+
+/// An outcome record: which order, confirmed or not, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutcomeAt {
+    pub order_id: String,
+    pub confirmed: bool,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// How many outcome records each order id got.
+pub fn per_order(outcomes: &[OutcomeAt]) -> HashMap<String, usize> {
+    count(outcomes.iter().map(|o| &o.order_id))
+}
+
+/// How many times each id occurs.
+fn count<'a>(ids: impl Iterator<Item = &'a String>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for id in ids {
+        *counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// The outcomes read back.
 pub struct Outcomes {
     pub confirmed: Vec<OrderConfirmed>,
@@ -636,16 +812,12 @@ pub struct Outcomes {
 impl Outcomes {
     /// How many outcomes each order id got.
     pub fn per_order(&self) -> HashMap<String, usize> {
-        let mut counts = HashMap::new();
-        for id in self
-            .confirmed
-            .iter()
-            .map(|c| &c.order_id)
-            .chain(self.rejected.iter().map(|r| &r.order_id))
-        {
-            *counts.entry(id.clone()).or_insert(0) += 1;
-        }
-        counts
+        count(
+            self.confirmed
+                .iter()
+                .map(|c| &c.order_id)
+                .chain(self.rejected.iter().map(|r| &r.order_id)),
+        )
     }
 
     pub fn confirmed(&self, id: &str) -> Option<&OrderConfirmed> {
