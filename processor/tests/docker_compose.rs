@@ -7,6 +7,9 @@
 //! moved, a volume nobody declared, two services on one host port, a scrape target that no longer
 //! matches the processor, a panel pointing at a datasource that is not provisioned, or a query using a
 //! metric the processor does not export.
+//!
+//! One file of about a thousand lines on purpose: the tests are one checklist over the same
+//! parsed deployment files, which they share.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

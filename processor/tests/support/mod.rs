@@ -4,7 +4,9 @@
 //! and check what came out.
 //!
 //! Every test binary compiles this module and uses a part of it, so the rest is dead code
-//! there: hence the allow.
+//! there: hence the allow. It is longer than the project's ~600 lines on purpose: it is the
+//! one place for the processor-specific test helpers (generic ones live in `testkit`), and
+//! splitting it by theme would give each test binary several modules to declare.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
