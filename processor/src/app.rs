@@ -97,6 +97,7 @@ pub async fn start(
         &topics,
         codec,
         metrics.clone(),
+        args.decision_order(),
     ));
     let partitions = Arc::new(topics::ensure(&topology, &client, args.partitions).await?);
     // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.

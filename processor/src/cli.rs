@@ -110,6 +110,30 @@ pub struct RunArgs {
     /// How often each task syncs its changed rows to PostgreSQL, e.g. 1s or 500ms.
     #[arg(long, env = "STOCKFLOW_SYNC_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sync_interval: Duration,
+
+    /// In which order orders are decided: event-time (every order decided as one clerk taking
+    /// the inputs in timestamp order would: reproducible, no order rejected for stock that
+    /// was only held for a moment) or arrival (as records arrive; README, "Decision order").
+    #[arg(
+        long,
+        env = "STOCKFLOW_DECISION_ORDER",
+        value_enum,
+        default_value = "arrival"
+    )]
+    pub decision_order: DecisionOrderArg,
+
+    /// Event-time mode: how long a partition with nothing to read may hold the others back,
+    /// in milliseconds (Kafka Streams' max.task.idle.ms). A record that arrives later than
+    /// this after its timestamp is decided where it arrived.
+    #[arg(long, env = "STOCKFLOW_MAX_TASK_IDLE_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub max_task_idle_ms: u64,
+}
+
+/// `--decision-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecisionOrderArg {
+    EventTime,
+    Arrival,
 }
 
 /// `processor reset`.
@@ -234,6 +258,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 impl RunArgs {
     pub fn commit_interval(&self) -> Duration {
         Duration::from_millis(self.commit_interval_ms)
+    }
+
+    pub fn decision_order(&self) -> crate::topology::DecisionOrder {
+        match self.decision_order {
+            DecisionOrderArg::Arrival => crate::topology::DecisionOrder::Arrival,
+            DecisionOrderArg::EventTime => crate::topology::DecisionOrder::EventTime {
+                max_idle_ms: self.max_task_idle_ms as i64,
+            },
+        }
     }
 }
 

@@ -38,6 +38,11 @@ pub struct Metrics {
     pub order_outcomes: IntCounterVec,
     /// Orders whose id had been seen before.
     pub duplicate_orders: IntCounter,
+    /// Event-time mode: input records that arrived after their partition's time had moved
+    /// past their timestamp because the partition was idle (decided where they arrived).
+    pub late_records: IntCounter,
+    /// Event-time mode: reserves and adjustments that waited for other orders' holds.
+    pub waits: IntCounter,
     /// Records sent to the dead-letter topic, by source topic.
     pub dlq_records: IntCounterVec,
     /// Time to process one polled record, decode to outputs.
@@ -155,6 +160,16 @@ impl Metrics {
                 r,
                 "stockflow_duplicate_orders_total",
                 "Orders whose id was seen before.",
+            ),
+            late_records: counter(
+                r,
+                "stockflow_late_records_total",
+                "Records that arrived after their idle partition's time passed their timestamp.",
+            ),
+            waits: counter(
+                r,
+                "stockflow_hold_waits_total",
+                "Reserves and adjustments that waited for earlier orders' holds to settle.",
             ),
             dlq_records: counter_vec(
                 r,

@@ -16,7 +16,7 @@ use processor::metrics::Metrics;
 use processor::runtime::driver::{DriverConfig, DriverStats, TopologyTestDriver};
 use processor::runtime::format;
 use processor::topology::inventory::{SkuRecord, keys};
-use processor::topology::{self, INVENTORY, INVENTORY_STORE};
+use processor::topology::{self, DecisionOrder, INVENTORY, INVENTORY_STORE};
 use proptest::prelude::*;
 use schemas::{
     AdjustmentMode, AdjustmentReason, Codec, InventoryAdjusted, InventoryChangeReason,
@@ -77,8 +77,12 @@ impl World {
     }
 
     fn driver(&self, config: DriverConfig) -> TopologyTestDriver {
+        self.driver_deciding(config, DecisionOrder::Arrival)
+    }
+
+    fn driver_deciding(&self, config: DriverConfig, order: DecisionOrder) -> TopologyTestDriver {
         let metrics = Metrics::new(prometheus::Registry::new());
-        let topology = topology::build("app", &self.topics, self.codec.clone(), metrics);
+        let topology = topology::build("app", &self.topics, self.codec.clone(), metrics, order);
         TopologyTestDriver::new(topology, config).expect("the driver opens every task")
     }
 

@@ -123,12 +123,11 @@ pub async fn latency(config: &Config) -> Latency {
                 .await
                 .map(|r| (r.created_at, r.order_id))
         } else if m.topic() == commands_topic {
-            if let Ok(envelope) =
-                processor::runtime::format::decode::<processor::topology::CommandEnvelope>(payload)
+            if let Ok(processor::topology::LinesRecord::Command(envelope)) =
+                processor::topology::LinesRecord::decode(m.key(), payload)
             {
-                let (processor::topology::LineCommand::Reserve { order_id, .. }
-                | processor::topology::LineCommand::Release { order_id, .. }) = envelope.command;
-                commands.entry(order_id).or_insert(produced);
+                let (order_id, _) = envelope.command.order_line();
+                commands.entry(order_id.to_owned()).or_insert(produced);
             }
             continue;
         } else {

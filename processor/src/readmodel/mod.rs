@@ -35,7 +35,8 @@ use crate::topology::{INVENTORY_STORE, ORDERS_STORE};
 /// of the `inventory` store (not its reservations or applied adjustments).
 pub fn shows(store: &str, key: &[u8]) -> bool {
     match store {
-        ORDERS_STORE => true,
+        // Keys starting with a zero byte are the order task's own (its partition time).
+        ORDERS_STORE => key.first().is_some_and(|&b| b != 0),
         INVENTORY_STORE => key.starts_with(SKU_PREFIX.as_bytes()),
         _ => false,
     }

@@ -306,6 +306,11 @@ pub trait TaskContext {
     /// Deletes `key` (uncommitted until the task's next commit).
     fn delete(&mut self, store: StoreId, key: &[u8]);
 
+    /// Every key of `store` that starts with `prefix`, with its value, in key order
+    /// (uncommitted writes included). A full scan: for `init`, to rebuild what a processor
+    /// keeps in memory, not for every record.
+    fn scan(&self, store: StoreId, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProcessError>;
+
     /// Sends a record to `sink`, to `partition` if given, else to the partition the producers'
     /// partitioner picks for `key`. It becomes visible when the task's transaction commits.
     fn send(
@@ -329,6 +334,13 @@ pub trait TaskContext {
 
     /// Now, by the wall clock (milliseconds since the epoch); the test driver's own clock.
     fn wall_clock(&self) -> i64;
+
+    /// Since when (wall clock) this task's partition of `source` has had nothing to hand out,
+    /// if it has nothing now: its last record's time (or the task's start), once the consumer
+    /// has caught up with it. `None` while records of it are waiting or arriving. The basis of
+    /// Kafka Streams' `max.task.idle.ms`: a processor that orders its sources by time decides
+    /// how long an idle source may hold the others back.
+    fn idle_since(&self, source: SourceId) -> Option<i64>;
 
     /// Calls [`Processor::punctuate`] every `interval` of wall-clock time from now on
     /// (replacing an earlier schedule of this task).

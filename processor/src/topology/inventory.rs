@@ -30,6 +30,47 @@ pub mod keys {
     pub fn adjustment(adjustment_id: &str) -> String {
         format!("a/{adjustment_id}")
     }
+
+    /// Event-time mode: the prefix of pending holds, `h/<order_id>/<line>` -> [`super::Hold`].
+    pub const HOLD_PREFIX: &str = "h/";
+    pub fn hold(order_id: &str, line: u32) -> String {
+        format!("{HOLD_PREFIX}{order_id}/{line}")
+    }
+
+    /// Event-time mode: the prefix of the merge buffer, `q/<sortable position>`.
+    pub const QUEUED_PREFIX: &[u8] = b"q/";
+    pub fn queued(position: crate::topology::Position) -> Vec<u8> {
+        let mut key = QUEUED_PREFIX.to_vec();
+        key.extend_from_slice(&position.to_sortable());
+        key
+    }
+
+    /// Event-time mode: the adjustments partition's time and last offset.
+    pub const ADJUSTMENTS_TIME: &[u8] = b"t/adjustments";
+}
+
+/// Event-time mode: what a reserved line holds until its order is decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+/// Why an adjustment is refused whatever the stock (it goes to the dead-letter topic).
+pub fn invalid_adjustment(adjustment: &InventoryAdjusted) -> Option<String> {
+    (adjustment.mode == AdjustmentMode::Absolute && adjustment.quantity < 0).then(|| {
+        format!(
+            "absolute stock level {} for {} is negative",
+            adjustment.quantity, adjustment.sku
+        )
+    })
+}
+
+/// Whether an adjustment gives the same stock whether pending holds are released before or
+/// after it: a positive delta does; an absolute level or a negative delta (which stops at
+/// zero) does not, so it waits for the holds to settle (event-time mode).
+pub fn commutes_with_releases(adjustment: &InventoryAdjusted) -> bool {
+    adjustment.mode == AdjustmentMode::Delta && adjustment.quantity >= 0
 }
 
 /// A sku's stock.
@@ -164,6 +205,9 @@ pub fn on_command(
                 ..Default::default()
             }
         }
+        // A confirmed line keeps its stock: nothing changes here (the event-time wiring
+        // settles its pending hold).
+        LineCommand::Confirm { .. } => InventoryDecision::default(),
         LineCommand::Release { order_id, sku, .. } => {
             let (Some(held), Some(current)) = (reservation, sku_record) else {
                 // Nothing held (a replayed release): nothing to give back.
@@ -207,11 +251,7 @@ pub fn on_adjustment(
             ..Default::default()
         };
     }
-    if adjustment.mode == AdjustmentMode::Absolute && adjustment.quantity < 0 {
-        let reason = format!(
-            "absolute stock level {} for {} is negative",
-            adjustment.quantity, adjustment.sku
-        );
+    if let Some(reason) = invalid_adjustment(&adjustment) {
         return InventoryDecision {
             dead_letter: Some(reason),
             ..Default::default()

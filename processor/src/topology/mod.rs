@@ -17,15 +17,18 @@
 //! values, are defined here and serialized in the runtime's internal format
 //! (`runtime::format`: postcard; the external contracts are Avro).
 
+pub mod event_time;
 pub mod inventory;
 pub mod order;
 pub mod processors;
+pub mod serial;
 
 use std::sync::Arc;
 
 use schemas::{Codec, Topics};
 
 use crate::metrics::Metrics;
+use crate::runtime::format::{self, FormatError};
 use crate::runtime::task::TaskId;
 use crate::runtime::topology::{SinkId, SourceId, StoreId, Topology, TopologyBuilder};
 use serde::{Deserialize, Serialize};
@@ -48,12 +51,30 @@ pub enum LineCommand {
         sku: String,
         quantity: i64,
     },
+    /// Line `line` of `order_id` keeps what it reserved: its order is confirmed (sent in
+    /// event-time mode only, where it settles the line's pending hold).
+    Confirm {
+        order_id: String,
+        line: u32,
+        sku: String,
+    },
 }
 
 impl LineCommand {
+    /// The order the command is about, and its line.
+    pub fn order_line(&self) -> (&str, u32) {
+        match self {
+            LineCommand::Reserve { order_id, line, .. }
+            | LineCommand::Release { order_id, line, .. }
+            | LineCommand::Confirm { order_id, line, .. } => (order_id, *line),
+        }
+    }
+
     pub fn sku(&self) -> &str {
         match self {
-            LineCommand::Reserve { sku, .. } | LineCommand::Release { sku, .. } => sku,
+            LineCommand::Reserve { sku, .. }
+            | LineCommand::Release { sku, .. }
+            | LineCommand::Confirm { sku, .. } => sku,
         }
     }
 }
@@ -83,12 +104,102 @@ pub enum Change<T> {
     Delete,
 }
 
+/// Where an input record stands in the canonical order (ARCHITECTURE.md, "Decision order"):
+/// its partition time, its topic's rank among the input topics' names, its partition and
+/// offset, and for a reserve command the line of the order. Ordered field by field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub time: i64,
+    pub topic: u8,
+    pub partition: i32,
+    pub offset: i64,
+    pub line: u32,
+}
+
+impl Position {
+    /// The lowest position of all.
+    pub const MIN: Position = Position {
+        time: i64::MIN,
+        topic: 0,
+        partition: i32::MIN,
+        offset: i64::MIN,
+        line: 0,
+    };
+
+    /// 25 bytes that sort as the position does (store keys of the merge buffer).
+    pub fn to_sortable(self) -> [u8; 25] {
+        let mut bytes = [0u8; 25];
+        bytes[0..8].copy_from_slice(&((self.time as u64) ^ (1 << 63)).to_be_bytes());
+        bytes[8] = self.topic;
+        bytes[9..13].copy_from_slice(&((self.partition as u32) ^ (1 << 31)).to_be_bytes());
+        bytes[13..21].copy_from_slice(&((self.offset as u64) ^ (1 << 63)).to_be_bytes());
+        bytes[21..25].copy_from_slice(&self.line.to_be_bytes());
+        bytes
+    }
+}
+
 /// The record on the order-lines repartition topic: a command, and where to send its result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandEnvelope {
     /// The partition of the order's task (results go straight back to it).
     pub reply_partition: i32,
     pub command: LineCommand,
+    /// A reserve's place in the canonical order (event-time mode; `None` in arrival mode and
+    /// for releases and confirms).
+    pub position: Option<Position>,
+}
+
+/// The envelope before positions existed (records in flight across an upgrade).
+#[derive(Deserialize)]
+struct LegacyEnvelope {
+    reply_partition: i32,
+    command: LineCommand,
+}
+
+/// An order task's promise to an inventory task: nothing it sends from now on has a position
+/// at or below `position` (event-time mode). Sent on the order-lines topic with an empty key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    /// The order task's partition.
+    pub origin: i32,
+    pub position: Position,
+}
+
+/// What a record of the order-lines topic carries.
+#[derive(Debug, Clone)]
+pub enum LinesRecord {
+    Command(CommandEnvelope),
+    Watermark(Watermark),
+}
+
+impl LinesRecord {
+    /// Decodes an order-lines record: an empty key is a watermark, any other a command.
+    pub fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<Self, FormatError> {
+        if key.is_none_or(<[u8]>::is_empty) {
+            return format::decode(value).map(LinesRecord::Watermark);
+        }
+        match format::decode::<CommandEnvelope>(value) {
+            Ok(envelope) => Ok(LinesRecord::Command(envelope)),
+            Err(error) => match format::decode::<LegacyEnvelope>(value) {
+                Ok(old) => Ok(LinesRecord::Command(CommandEnvelope {
+                    reply_partition: old.reply_partition,
+                    command: old.command,
+                    position: None,
+                })),
+                Err(_) => Err(error),
+            },
+        }
+    }
+}
+
+/// In which order the inventory tasks decide (ARCHITECTURE.md, "Decision order").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionOrder {
+    /// As records arrive (the first stage's behaviour).
+    Arrival,
+    /// Serially equivalent: in canonical order, an idle partition holding the others back
+    /// for at most `max_idle_ms`.
+    EventTime { max_idle_ms: i64 },
 }
 
 /// Sub-topology A's number (orders, by order_id).
@@ -165,23 +276,38 @@ pub fn describe_wired(application_id: &str, topics: &Topics) -> (Topology, Wirin
     (builder.build(), wiring)
 }
 
-/// The topology with its processors, ready to run.
+/// The topology with its processors, ready to run, deciding in `order`.
 pub fn build(
     application_id: &str,
     topics: &Topics,
     codec: Arc<Codec>,
     metrics: Metrics,
+    order: DecisionOrder,
 ) -> Topology {
     let (mut builder, wiring) = describe_with_handles(application_id, topics);
     let avro = processors::Avro::new(codec);
-    let (a, b) = (avro.clone(), metrics.clone());
+    let sequencing = match order {
+        DecisionOrder::Arrival => None,
+        DecisionOrder::EventTime { max_idle_ms } => {
+            // The canonical order breaks ties on time by topic name.
+            let orders_rank = u8::from(topics.orders > topics.inventory_adjustments);
+            Some(processors::Sequencing {
+                max_idle_ms,
+                orders_rank,
+                adjustments_rank: 1 - orders_rank,
+            })
+        }
+    };
+    let (a, m) = (avro.clone(), metrics.clone());
     builder.processors(
         usize::from(ORDERS),
-        Arc::new(move |_: TaskId| processors::orders(wiring, a.clone(), b.clone())),
+        Arc::new(move |_: TaskId| processors::orders(wiring, a.clone(), m.clone(), sequencing)),
     );
     builder.processors(
         usize::from(INVENTORY),
-        Arc::new(move |_: TaskId| processors::inventory(wiring, avro.clone())),
+        Arc::new(move |_: TaskId| {
+            processors::inventory(wiring, avro.clone(), metrics.clone(), sequencing)
+        }),
     );
     builder.build()
 }

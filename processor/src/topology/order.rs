@@ -203,8 +203,19 @@ pub fn on_line_result(
             created_at: record.created_at,
             confirmed_at: now,
         };
+        let confirms = record
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| LineCommand::Confirm {
+                order_id: confirmed.order_id.clone(),
+                line: i as u32,
+                sku: line.sku.clone(),
+            })
+            .collect();
         return OrderDecision {
             record: Some(record),
+            commands: confirms,
             outcome: Some(Outcome::Confirmed(confirmed)),
             ..OrderDecision::default()
         };

@@ -4,18 +4,44 @@
 //! rule, and writes back what the rule decided, all through the runtime's [`TaskContext`].
 //! Undecodable records and nonsense adjustments are dead-lettered; a registry that cannot be
 //! reached is not the record's fault and is retried ([`ProcessError::Retry`]).
+//!
+//! In event-time mode ([`Sequencing`]) the order processor also keeps its partition's time,
+//! places each reserve in the canonical order and sends watermarks; the inventory processor
+//! merges its origins and lets reserves wait for earlier orders' holds ([`super::event_time`];
+//! ARCHITECTURE.md, "Decision order").
 
 use std::sync::Arc;
 
 use schemas::{Codec, CodecError, Contract, InventoryAdjusted, OrderCreated, RejectionReason};
 use serde::Serialize;
 
-use super::inventory::{self, InventoryDecision, keys};
+use super::event_time::{Merge, PartitionTime, Queued, WATERMARK_INTERVAL};
+use super::inventory::{self, Hold, InventoryDecision, keys};
 use super::order::{self, OrderDecision, OrderRecord, Outcome};
-use super::{Change, CommandEnvelope, LineCommand, LineResult, Wiring};
+use super::{
+    Change, CommandEnvelope, LineCommand, LineResult, LinesRecord, Position, Watermark, Wiring,
+};
 use crate::metrics::Metrics;
 use crate::runtime::format;
 use crate::runtime::topology::{ProcessError, Processor, Record, StoreId, TaskContext};
+
+/// Event-time mode's settings: how long an idle partition may hold the others back, and the
+/// ranks of the two input topics' names (the canonical order's tie-break).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sequencing {
+    pub max_idle_ms: i64,
+    pub orders_rank: u8,
+    pub adjustments_rank: u8,
+}
+
+/// An order task's partition time, in its `orders` store (a key no order id can take: order
+/// ids are not empty and are compared by bytes, and the read model skips keys starting with
+/// a zero byte).
+pub const PARTITION_TIME: &[u8] = b"\0partition-time";
+
+/// How often a watermark that has not moved is sent again (an inventory task that restarted
+/// knows no watermark until it comes).
+const WATERMARK_REFRESH_MS: i64 = 1_000;
 
 thread_local! {
     /// The codec's registry calls (cached after the first lookup of each schema) run on a
@@ -73,27 +99,62 @@ impl Avro {
     }
 }
 
-/// Sub-topology A's processor (see [`super::order`]).
-pub fn orders(wiring: Wiring, avro: Avro, metrics: Metrics) -> Box<dyn Processor> {
+/// Sub-topology A's processor (see [`super::order`]); `sequencing` for event-time mode.
+pub fn orders(
+    wiring: Wiring,
+    avro: Avro,
+    metrics: Metrics,
+    sequencing: Option<Sequencing>,
+) -> Box<dyn Processor> {
     Box::new(Orders {
         wiring,
         avro,
         metrics,
+        sequencing,
+        time: PartitionTime::default(),
+        sent: None,
     })
 }
 
-/// Sub-topology B's processor (see [`super::inventory`]).
-pub fn inventory(wiring: Wiring, avro: Avro) -> Box<dyn Processor> {
-    Box::new(Inventory { wiring, avro })
+/// Sub-topology B's processor (see [`super::inventory`]); `sequencing` for event-time mode.
+pub fn inventory(
+    wiring: Wiring,
+    avro: Avro,
+    metrics: Metrics,
+    sequencing: Option<Sequencing>,
+) -> Box<dyn Processor> {
+    Box::new(Inventory {
+        wiring,
+        avro,
+        metrics,
+        sequencing,
+        merge: Merge::default(),
+        adjustments: PartitionTime::default(),
+        origins: 0,
+    })
 }
 
 struct Orders {
     wiring: Wiring,
     avro: Avro,
     metrics: Metrics,
+    sequencing: Option<Sequencing>,
+    /// Event-time mode: the `orders` partition's time.
+    time: PartitionTime,
+    /// The last watermark sent, and when.
+    sent: Option<(Position, i64)>,
 }
 
 impl Processor for Orders {
+    fn init(&mut self, ctx: &mut dyn TaskContext) -> Result<(), ProcessError> {
+        if self.sequencing.is_some() {
+            let store = self.wiring.orders_store;
+            self.time = ctx.get_value(store, PARTITION_TIME)?.unwrap_or_default();
+            ctx.schedule(WATERMARK_INTERVAL);
+        }
+        Ok(())
+    }
+
     fn process(
         &mut self,
         ctx: &mut dyn TaskContext,
@@ -101,6 +162,24 @@ impl Processor for Orders {
     ) -> Result<(), ProcessError> {
         let store = self.wiring.orders_store;
         if record.source == self.wiring.orders {
+            // Every record moves the partition's time, undecodable ones too: the clerk's
+            // merge sees them.
+            let position = match self.sequencing {
+                None => None,
+                Some(s) => {
+                    let (position, late) = self.time.read(
+                        s.orders_rank,
+                        record.partition,
+                        record.offset,
+                        record.timestamp,
+                    );
+                    if late {
+                        self.metrics.late_records.inc();
+                    }
+                    ctx.put_value(store, PARTITION_TIME, &self.time);
+                    Some(position)
+                }
+            };
             let order: OrderCreated = match self.avro.decode(record.value)? {
                 Ok(order) => order,
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
@@ -108,7 +187,7 @@ impl Processor for Orders {
             let order_id = order.order_id.clone();
             let existing: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
             let decision = order::on_order_created(existing.as_ref(), order, ctx.wall_clock());
-            self.apply(ctx, &order_id, decision)
+            self.apply(ctx, &order_id, decision, position)
         } else {
             let result: LineResult = match format::decode(record.value.unwrap_or_default()) {
                 Ok(result) => result,
@@ -117,8 +196,41 @@ impl Processor for Orders {
             let order_id = result.order_id.clone();
             let existing: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
             let decision = order::on_line_result(existing, result, ctx.wall_clock());
-            self.apply(ctx, &order_id, decision)
+            self.apply(ctx, &order_id, decision, None)
         }
+    }
+
+    /// Event-time mode: moves an idle partition's time on, and sends the watermark to every
+    /// inventory task.
+    fn punctuate(&mut self, ctx: &mut dyn TaskContext, now: i64) -> Result<(), ProcessError> {
+        let Some(s) = self.sequencing else {
+            return Ok(());
+        };
+        if let Some(since) = ctx.idle_since(self.wiring.orders)
+            && now - since >= s.max_idle_ms
+            && self.time.advance_to(now - s.max_idle_ms)
+        {
+            ctx.put_value(self.wiring.orders_store, PARTITION_TIME, &self.time);
+        }
+        let origin = ctx.task().partition;
+        let Some(mark) = self.time.watermark(s.orders_rank, origin) else {
+            return Ok(());
+        };
+        if self
+            .sent
+            .is_some_and(|(sent, at)| sent == mark && now - at < WATERMARK_REFRESH_MS)
+        {
+            return Ok(());
+        }
+        self.sent = Some((mark, now));
+        let watermark = format::encode(&Watermark {
+            origin,
+            position: mark,
+        });
+        for partition in 0..ctx.partitions(self.wiring.line_commands) {
+            ctx.send(self.wiring.line_commands, b"", &watermark, Some(partition))?;
+        }
+        Ok(())
     }
 }
 
@@ -128,6 +240,7 @@ impl Orders {
         ctx: &mut dyn TaskContext,
         order_id: &str,
         decision: OrderDecision,
+        position: Option<Position>,
     ) -> Result<(), ProcessError> {
         let w = &self.wiring;
         if decision.duplicate {
@@ -138,10 +251,19 @@ impl Orders {
         }
         let reply_partition = ctx.task().partition;
         for command in decision.commands {
+            let position = match &command {
+                LineCommand::Reserve { line, .. } => {
+                    position.map(|p| Position { line: *line, ..p })
+                }
+                // Only event-time mode settles holds.
+                LineCommand::Confirm { .. } if self.sequencing.is_none() => continue,
+                LineCommand::Release { .. } | LineCommand::Confirm { .. } => None,
+            };
             let sku = command.sku().to_owned();
             let envelope = CommandEnvelope {
                 reply_partition,
                 command,
+                position,
             };
             ctx.send(
                 w.line_commands,
@@ -187,64 +309,353 @@ impl Orders {
 struct Inventory {
     wiring: Wiring,
     avro: Avro,
+    metrics: Metrics,
+    sequencing: Option<Sequencing>,
+    /// Event-time mode: the merge of the origins, and the adjustments partition's time.
+    merge: Merge,
+    adjustments: PartitionTime,
+    /// The number of order partitions (the adjustments origin comes after them).
+    origins: usize,
 }
 
 impl Processor for Inventory {
+    fn init(&mut self, ctx: &mut dyn TaskContext) -> Result<(), ProcessError> {
+        let Some(s) = self.sequencing else {
+            return Ok(());
+        };
+        let store = self.wiring.inventory_store;
+        self.origins = usize::try_from(ctx.partitions(self.wiring.line_results)).unwrap_or(0);
+        self.merge = Merge::new(self.origins + 1);
+        self.adjustments = ctx
+            .get_value(store, keys::ADJUSTMENTS_TIME)?
+            .unwrap_or_default();
+        if let Some(mark) = self
+            .adjustments
+            .watermark(s.adjustments_rank, ctx.task().partition)
+        {
+            self.merge.promise(self.origins, mark);
+        }
+        // Entries that waited before the restart wait again once the frontier passes them:
+        // the queues are rebuilt in canonical order, as they were.
+        for (_, bytes) in ctx.scan(store, keys::QUEUED_PREFIX)? {
+            let (position, entry): (Position, Queued) = decode_stored(&bytes)?;
+            self.merge.buffer.insert(position, entry);
+        }
+        for (_, bytes) in ctx.scan(store, keys::HOLD_PREFIX.as_bytes())? {
+            let hold: Hold = decode_stored(&bytes)?;
+            self.merge.hold(&hold.sku, hold.quantity);
+        }
+        ctx.schedule(WATERMARK_INTERVAL);
+        Ok(())
+    }
+
     fn process(
         &mut self,
         ctx: &mut dyn TaskContext,
         record: &Record<'_>,
     ) -> Result<(), ProcessError> {
-        let store = self.wiring.inventory_store;
+        if let Some(s) = self.sequencing {
+            return self.sequenced(ctx, record, s);
+        }
         if record.source == self.wiring.adjustments {
             let adjustment: InventoryAdjusted = match self.avro.decode(record.value)? {
                 Ok(adjustment) => adjustment,
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
             };
-            let sku = adjustment.sku.clone();
-            let applied_key = keys::adjustment(&adjustment.adjustment_id);
-            let sku_record = ctx.get_value(store, keys::sku(&sku).as_bytes())?;
-            let already_applied = ctx.get(store, applied_key.as_bytes())?.is_some();
-            let decision = inventory::on_adjustment(
-                sku_record.as_ref(),
-                already_applied,
-                adjustment,
-                ctx.wall_clock(),
-            );
-            self.apply(ctx, &sku, None, Some(&applied_key), decision)
+            self.adjust(ctx, adjustment)
         } else {
-            let envelope: CommandEnvelope = match format::decode(record.value.unwrap_or_default()) {
-                Ok(envelope) => envelope,
-                Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
-            };
-            let (order_id, line) = match &envelope.command {
-                LineCommand::Reserve { order_id, line, .. }
-                | LineCommand::Release { order_id, line, .. } => (order_id.clone(), *line),
-            };
-            let sku = envelope.command.sku().to_owned();
-            let reservation_key = keys::reservation(&order_id, line);
-            let sku_record = ctx.get_value(store, keys::sku(&sku).as_bytes())?;
-            let reservation = ctx.get_value(store, reservation_key.as_bytes())?;
-            let decision = inventory::on_command(
-                sku_record.as_ref(),
-                reservation.as_ref(),
-                envelope.command,
-                ctx.wall_clock(),
-            );
-            if let Some(result) = &decision.result {
-                ctx.send(
-                    self.wiring.line_results,
-                    order_id.as_bytes(),
-                    &format::encode(result),
-                    Some(envelope.reply_partition),
-                )?;
+            let value = record.value.unwrap_or_default();
+            match LinesRecord::decode(record.key, value) {
+                Ok(LinesRecord::Command(envelope)) => self.command(ctx, envelope).map(|_| ()),
+                Ok(LinesRecord::Watermark(_)) => Ok(()), // sent while in event-time mode
+                Err(error) => ctx.dead_letter("undecodable", &error.to_string()),
             }
-            self.apply(ctx, &sku, Some(&reservation_key), None, decision)
         }
+    }
+
+    /// Event-time mode: moves an idle adjustments partition's time on, and decides what that
+    /// lets through.
+    fn punctuate(&mut self, ctx: &mut dyn TaskContext, now: i64) -> Result<(), ProcessError> {
+        let Some(s) = self.sequencing else {
+            return Ok(());
+        };
+        if let Some(since) = ctx.idle_since(self.wiring.adjustments)
+            && now - since >= s.max_idle_ms
+            && self.adjustments.advance_to(now - s.max_idle_ms)
+        {
+            let store = self.wiring.inventory_store;
+            ctx.put_value(store, keys::ADJUSTMENTS_TIME, &self.adjustments);
+        }
+        if let Some(mark) = self
+            .adjustments
+            .watermark(s.adjustments_rank, ctx.task().partition)
+        {
+            self.merge.promise(self.origins, mark);
+        }
+        self.drain(ctx)
     }
 }
 
 impl Inventory {
+    /// Applies an adjustment (arrival mode, or its turn in the merge).
+    fn adjust(
+        &self,
+        ctx: &mut dyn TaskContext,
+        adjustment: InventoryAdjusted,
+    ) -> Result<(), ProcessError> {
+        let store = self.wiring.inventory_store;
+        let sku = adjustment.sku.clone();
+        let applied_key = keys::adjustment(&adjustment.adjustment_id);
+        let sku_record = ctx.get_value(store, keys::sku(&sku).as_bytes())?;
+        let already_applied = ctx.get(store, applied_key.as_bytes())?.is_some();
+        let decision = inventory::on_adjustment(
+            sku_record.as_ref(),
+            already_applied,
+            adjustment,
+            ctx.wall_clock(),
+        );
+        self.apply(ctx, &sku, None, Some(&applied_key), decision)
+    }
+
+    /// Applies a line command (arrival mode, a release or confirm, or a reserve's turn in the
+    /// merge); whether it reserved.
+    fn command(
+        &self,
+        ctx: &mut dyn TaskContext,
+        envelope: CommandEnvelope,
+    ) -> Result<bool, ProcessError> {
+        let store = self.wiring.inventory_store;
+        let (order_id, line) = envelope.command.order_line();
+        let order_id = order_id.to_owned();
+        let sku = envelope.command.sku().to_owned();
+        let reservation_key = keys::reservation(&order_id, line);
+        let sku_record = ctx.get_value(store, keys::sku(&sku).as_bytes())?;
+        let reservation = ctx.get_value(store, reservation_key.as_bytes())?;
+        let decision = inventory::on_command(
+            sku_record.as_ref(),
+            reservation.as_ref(),
+            envelope.command,
+            ctx.wall_clock(),
+        );
+        if let Some(result) = &decision.result {
+            ctx.send(
+                self.wiring.line_results,
+                order_id.as_bytes(),
+                &format::encode(result),
+                Some(envelope.reply_partition),
+            )?;
+        }
+        let reserved = matches!(decision.reservation, Change::Put(_));
+        self.apply(ctx, &sku, Some(&reservation_key), None, decision)?;
+        Ok(reserved)
+    }
+
+    /// Event-time mode: a record joins the merge, or settles a hold.
+    fn sequenced(
+        &mut self,
+        ctx: &mut dyn TaskContext,
+        record: &Record<'_>,
+        s: Sequencing,
+    ) -> Result<(), ProcessError> {
+        let store = self.wiring.inventory_store;
+        if record.source == self.wiring.adjustments {
+            // Every record moves the partition's time, undecodable ones too.
+            let (position, late) = self.adjustments.read(
+                s.adjustments_rank,
+                record.partition,
+                record.offset,
+                record.timestamp,
+            );
+            if late {
+                self.metrics.late_records.inc();
+            }
+            ctx.put_value(store, keys::ADJUSTMENTS_TIME, &self.adjustments);
+            self.merge.promise(self.origins, position);
+            let adjustment: InventoryAdjusted = match self.avro.decode(record.value)? {
+                Ok(adjustment) => adjustment,
+                Err(error) => {
+                    ctx.dead_letter("undecodable", &error.to_string())?;
+                    return self.drain(ctx);
+                }
+            };
+            // Refused whatever the stock: dead-lettered now, while it is the record at hand.
+            if let Some(reason) = inventory::invalid_adjustment(&adjustment) {
+                ctx.dead_letter("invalid", &reason)?;
+                return self.drain(ctx);
+            }
+            self.enqueue(ctx, position, Queued::Adjustment(adjustment));
+            return self.drain(ctx);
+        }
+        let value = record.value.unwrap_or_default();
+        match LinesRecord::decode(record.key, value) {
+            Err(error) => ctx.dead_letter("undecodable", &error.to_string()),
+            Ok(LinesRecord::Watermark(mark)) => {
+                let origin = usize::try_from(mark.origin).unwrap_or(usize::MAX);
+                self.merge.promise(origin, mark.position);
+                self.drain(ctx)
+            }
+            Ok(LinesRecord::Command(envelope)) => match (&envelope.command, envelope.position) {
+                (LineCommand::Reserve { .. }, Some(position)) => {
+                    let origin = usize::try_from(position.partition).unwrap_or(usize::MAX);
+                    self.merge.promise(origin, position);
+                    let entry = Queued::Reserve {
+                        reply_partition: envelope.reply_partition,
+                        command: envelope.command,
+                    };
+                    self.enqueue(ctx, position, entry);
+                    self.drain(ctx)
+                }
+                // Sent in arrival mode (before a switch): decided as it arrives.
+                (LineCommand::Reserve { .. }, None) => self.command(ctx, envelope).map(|_| ()),
+                (LineCommand::Release { .. } | LineCommand::Confirm { .. }, _) => {
+                    self.settle(ctx, envelope)
+                }
+            },
+        }
+    }
+
+    fn enqueue(&mut self, ctx: &mut dyn TaskContext, position: Position, entry: Queued) {
+        let store = self.wiring.inventory_store;
+        ctx.put_value(store, &keys::queued(position), &(position, &entry));
+        self.merge.buffer.insert(position, entry);
+    }
+
+    /// Decides, in canonical order, every buffered entry the frontier has passed, unless its
+    /// sku has entries waiting (it queues behind them) or it must wait itself.
+    fn drain(&mut self, ctx: &mut dyn TaskContext) -> Result<(), ProcessError> {
+        while let Some((position, entry)) = self.merge.next_ready() {
+            if self.merge.is_waiting(entry.sku()) {
+                self.merge.wait(position, entry);
+            } else if !self.try_decide(ctx, position, &entry)? {
+                self.metrics.waits.inc();
+                self.merge.wait(position, entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides the entries waiting for `sku`, in order, until one must still wait.
+    fn resume(&mut self, ctx: &mut dyn TaskContext, sku: &str) -> Result<(), ProcessError> {
+        while let Some((position, entry)) = self
+            .merge
+            .waiting
+            .get(sku)
+            .and_then(|queue| queue.front())
+            .cloned()
+        {
+            if !self.try_decide(ctx, position, &entry)? {
+                return Ok(());
+            }
+            if let Some(queue) = self.merge.waiting.get_mut(sku) {
+                queue.pop_front();
+            }
+        }
+        self.merge.waiting.remove(sku);
+        Ok(())
+    }
+
+    /// Decides an entry whose turn has come, or says it must wait: a reserve that is short
+    /// while other orders' holds on its sku are pending, an adjustment that does not commute
+    /// with releases while any are.
+    fn try_decide(
+        &mut self,
+        ctx: &mut dyn TaskContext,
+        position: Position,
+        entry: &Queued,
+    ) -> Result<bool, ProcessError> {
+        let store = self.wiring.inventory_store;
+        match entry {
+            Queued::Adjustment(adjustment) => {
+                if !inventory::commutes_with_releases(adjustment)
+                    && self.merge.held(&adjustment.sku) > 0
+                {
+                    return Ok(false);
+                }
+                self.adjust(ctx, adjustment.clone())?;
+            }
+            Queued::Reserve {
+                reply_partition,
+                command,
+            } => {
+                let (order_id, line) = command.order_line();
+                let sku = command.sku();
+                let LineCommand::Reserve { quantity, .. } = command else {
+                    return Ok(true); // only reserves are queued
+                };
+                let held = self.merge.held(sku);
+                if held > 0 {
+                    let reservation =
+                        ctx.get(store, keys::reservation(order_id, line).as_bytes())?;
+                    let stock: Option<inventory::SkuRecord> =
+                        ctx.get_value(store, keys::sku(sku).as_bytes())?;
+                    let short = stock.is_some_and(|s| s.available < *quantity);
+                    if reservation.is_none()
+                        && short
+                        && held > self.own_holds(ctx, order_id, line, sku)?
+                    {
+                        return Ok(false);
+                    }
+                }
+                let envelope = CommandEnvelope {
+                    reply_partition: *reply_partition,
+                    command: command.clone(),
+                    position: Some(position),
+                };
+                if self.command(ctx, envelope)? {
+                    let hold = Hold {
+                        sku: sku.to_owned(),
+                        quantity: *quantity,
+                    };
+                    ctx.put_value(store, keys::hold(order_id, line).as_bytes(), &hold);
+                    self.merge.hold(sku, *quantity);
+                }
+            }
+        }
+        ctx.delete(store, &keys::queued(position));
+        Ok(true)
+    }
+
+    /// Units of `sku` held by the earlier lines of the same order (they settle only when the
+    /// order does, so they never make a line wait).
+    fn own_holds(
+        &self,
+        ctx: &mut dyn TaskContext,
+        order_id: &str,
+        line: u32,
+        sku: &str,
+    ) -> Result<i64, ProcessError> {
+        let store = self.wiring.inventory_store;
+        let mut own = 0;
+        for earlier in 0..line {
+            let hold: Option<Hold> =
+                ctx.get_value(store, keys::hold(order_id, earlier).as_bytes())?;
+            if let Some(hold) = hold.filter(|h| h.sku == sku) {
+                own += hold.quantity;
+            }
+        }
+        Ok(own)
+    }
+
+    /// A release or confirm: applied as it arrives; the line's pending hold is settled, and
+    /// what waited on the sku gets its turn.
+    fn settle(
+        &mut self,
+        ctx: &mut dyn TaskContext,
+        envelope: CommandEnvelope,
+    ) -> Result<(), ProcessError> {
+        let store = self.wiring.inventory_store;
+        let (order_id, line) = envelope.command.order_line();
+        let hold_key = keys::hold(order_id, line);
+        let sku = envelope.command.sku().to_owned();
+        let hold: Option<Hold> = ctx.get_value(store, hold_key.as_bytes())?;
+        self.command(ctx, envelope)?;
+        if let Some(hold) = hold {
+            ctx.delete(store, hold_key.as_bytes());
+            self.merge.settle(&hold.sku, hold.quantity);
+        }
+        self.resume(ctx, &sku)
+    }
+
     fn apply(
         &self,
         ctx: &mut dyn TaskContext,
@@ -275,6 +686,17 @@ impl Inventory {
         }
         Ok(())
     }
+}
+
+/// A value of the processor's own in the store, decoded; a value that does not decode is a
+/// corrupt store.
+fn decode_stored<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ProcessError> {
+    format::decode(bytes).map_err(|e| {
+        ProcessError::fatal(crate::runtime::topology::CorruptValue {
+            key: "(scanned)".to_owned(),
+            reason: e.to_string(),
+        })
+    })
 }
 
 fn apply_change<T: Serialize>(

@@ -6,7 +6,9 @@ use std::time::Duration;
 use super::{DriverTask, Entry, Log, MemStore, TxnStatus};
 use crate::runtime::partitioner::partition_for;
 use crate::runtime::task::TaskId;
-use crate::runtime::topology::{ProcessError, Processor, Record, SinkId, StoreId, TaskContext};
+use crate::runtime::topology::{
+    ProcessError, Processor, Record, SinkId, SourceId, StoreId, TaskContext,
+};
 
 /// Calls `f` with the task's processor and a context over the task and the log.
 pub(super) fn with_context<T>(
@@ -24,6 +26,7 @@ pub(super) fn with_context<T>(
         stream_time,
         punctuation,
         dirty,
+        idle_since,
         ..
     } = task;
     let mut ctx = DriverContext {
@@ -34,6 +37,7 @@ pub(super) fn with_context<T>(
         stream_time: *stream_time,
         punctuation,
         dirty,
+        idle_since,
         clock,
         record: record.map(|r| RecordCopy {
             topic: r.topic.to_owned(),
@@ -63,6 +67,7 @@ struct DriverContext<'a> {
     stream_time: i64,
     punctuation: &'a mut Option<(i64, i64)>,
     dirty: &'a mut bool,
+    idle_since: &'a [Option<i64>],
     clock: i64,
     record: Option<RecordCopy>,
 }
@@ -112,6 +117,33 @@ impl TaskContext for DriverContext<'_> {
         self.stores[usize::from(store.0)]
             .pending
             .insert(key.to_vec(), None);
+    }
+
+    fn scan(&self, store: StoreId, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProcessError> {
+        let store = &self.stores[usize::from(store.0)];
+        let mut merged: std::collections::BTreeMap<&[u8], &[u8]> = store
+            .committed
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        for (key, value) in store.pending.range(prefix.to_vec()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match value {
+                Some(value) => merged.insert(key, value),
+                None => merged.remove(key.as_slice()),
+            };
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect())
+    }
+
+    fn idle_since(&self, source: SourceId) -> Option<i64> {
+        self.idle_since[usize::from(source.0)]
     }
 
     fn send(

@@ -170,6 +170,10 @@ struct DriverTask {
     punctuation: Option<(i64, i64)>,
     /// Whether anything happened since the last commit.
     dirty: bool,
+    /// Per source: when its last record was processed (or the task started), driver clock.
+    last_record: Vec<i64>,
+    /// Per source: since when it has had nothing visible to read, as of the last check.
+    idle_since: Vec<Option<i64>>,
 }
 
 /// Runs a topology in memory (see the module documentation).
@@ -268,6 +272,8 @@ impl TopologyTestDriver {
                     committed_stream_time: i64::MIN,
                     punctuation: None,
                     dirty: false,
+                    last_record: vec![EPOCH; spec.sources.len()],
+                    idle_since: vec![None; spec.sources.len()],
                 };
                 driver.tasks.insert(id, task);
                 driver.init(id)?;
@@ -430,6 +436,7 @@ impl TopologyTestDriver {
             .get_mut(&id)
             .expect("invariant: a task of the driver");
         task.position[source] = offset + 1;
+        task.last_record[source] = self.clock;
         task.stream_time = task.stream_time.max(entry.timestamp);
         task.dirty = true;
         self.stats.processed += 1;
@@ -466,6 +473,7 @@ impl TopologyTestDriver {
             .map(|t| t.id)
             .collect();
         for id in due {
+            self.refresh_idleness(id);
             let clock = self.clock;
             let task = self
                 .tasks
@@ -479,6 +487,34 @@ impl TopologyTestDriver {
                 p.punctuate(ctx, clock)
             });
             self.settle(id, result)?;
+        }
+        Ok(())
+    }
+
+    /// Whether each source partition of task `id` has a visible record left (see
+    /// [`TaskContext::idle_since`](crate::runtime::topology::TaskContext::idle_since)): the
+    /// driver knows exactly.
+    fn refresh_idleness(&mut self, id: TaskId) {
+        let sources = &self.topology.subs[usize::from(id.sub)].sources;
+        let task = self
+            .tasks
+            .get_mut(&id)
+            .expect("invariant: a task of the driver");
+        for (i, source) in sources.iter().enumerate() {
+            let waiting = self
+                .log
+                .next_visible(&source.name, id.partition, task.position[i])
+                .is_some();
+            task.idle_since[i] = (!waiting).then_some(task.last_record[i]);
+        }
+    }
+
+    /// Moves the clock `millis` forward, one millisecond at a time, running the punctuations
+    /// that fall due (and nothing else: [`Self::run`] processes what they send).
+    pub fn advance(&mut self, millis: i64) -> Result<(), DriverError> {
+        for _ in 0..millis {
+            self.clock += 1;
+            self.punctuate()?;
         }
         Ok(())
     }

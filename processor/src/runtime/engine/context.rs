@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::outputs::Outputs;
 use super::tasks::{Punctuation, TaskView};
 use crate::runtime::task::TaskId;
-use crate::runtime::topology::{ProcessError, Record, SinkId, StoreId, TaskContext};
+use crate::runtime::topology::{ProcessError, Record, SinkId, SourceId, StoreId, TaskContext};
 
 pub(super) struct EngineContext<'a> {
     task: TaskView<'a>,
@@ -51,6 +51,16 @@ impl TaskContext for EngineContext<'_> {
 
     fn delete(&mut self, store: StoreId, key: &[u8]) {
         self.task.stores[usize::from(store.0)].write(key.to_vec(), None);
+    }
+
+    fn scan(&self, store: StoreId, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProcessError> {
+        self.task.stores[usize::from(store.0)]
+            .scan(prefix)
+            .map_err(ProcessError::fatal)
+    }
+
+    fn idle_since(&self, source: SourceId) -> Option<i64> {
+        self.task.sources[usize::from(source.0)].idle_since
     }
 
     fn send(

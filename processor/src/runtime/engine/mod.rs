@@ -126,6 +126,8 @@ pub struct Engine {
     /// The engine failed: what it holds uncommitted is dropped, never committed (the revoke
     /// callback of the consumer's close must not start a commit).
     failed: bool,
+    /// When the consumer last had nothing to hand out (wall clock, milliseconds).
+    drained_at: i64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -223,6 +225,7 @@ pub fn run_engine(
         ready,
         fatal: None,
         failed: false,
+        drained_at: i64::MIN,
         config: config.clone(),
     }));
     let consumer: BaseConsumer<StreamsContext> = config
@@ -285,6 +288,9 @@ fn run_loop(
             return Err(error);
         }
         let idle = polled.is_none();
+        if idle {
+            engine.drained_at = schemas::now_millis();
+        }
         match polled {
             Some(Ok(message)) => engine.process(consumer, &message)?,
             Some(Err(error)) => tracing::warn!(%error, "consumer error"),
@@ -369,6 +375,9 @@ impl Engine {
             value: message.payload(),
         };
         task.stream_time = task.stream_time.max(record.timestamp);
+        let state = &mut task.sources[usize::from(source.0)];
+        state.last_record = schemas::now_millis();
+        state.idle_since = None;
         let (processor, view) = task.split();
         let mut ctx = EngineContext::new(view, &mut self.out, Some(&record));
         let processed = processor.process(&mut ctx, &record);
@@ -413,6 +422,7 @@ impl Engine {
             let Some(task) = self.tasks.running(id) else {
                 continue;
             };
+            update_idleness(task, self.drained_at);
             let (processor, view) = task.split();
             let mut ctx = EngineContext::new(view, &mut self.out, None);
             match processor.punctuate(&mut ctx, schemas::now_millis()) {
@@ -511,6 +521,12 @@ impl Engine {
         self.tasks.roll_back();
         self.out.clear_outbox();
         Transactor::rewind(consumer, rewind);
+        // What a processor keeps in memory is derived from its stores, which just lost their
+        // uncommitted writes: every running task gets a new processor, as after a restart.
+        let ids: Vec<TaskId> = self.tasks.iter().map(|t| t.id).collect();
+        for id in ids {
+            self.restart_processor(id)?;
+        }
         self.metrics
             .transactions
             .with_label_values(&["aborted"])
@@ -583,6 +599,26 @@ impl Engine {
         })
     }
 
+    /// Gives running task `id` a new processor and initializes it.
+    fn restart_processor(&mut self, id: TaskId) -> Result<(), EngineError> {
+        let Some(task) = self.tasks.running(id) else {
+            return Ok(());
+        };
+        task.processor = self.config.topology.processor(id);
+        task.punctuation = None;
+        let (processor, view) = task.split();
+        let mut ctx = EngineContext::new(view, &mut self.out, None);
+        let initialized = processor.init(&mut ctx);
+        self.tasks.reschedule();
+        initialized.map_err(|e| EngineError::Processor {
+            task: id,
+            source: match e {
+                ProcessError::Fatal(source) => source,
+                retry @ ProcessError::Retry(_) => Box::new(retry),
+            },
+        })
+    }
+
     fn update_memory_metrics(&self) {
         let memory = &self.config.memory;
         self.metrics
@@ -591,5 +627,17 @@ impl Engine {
         self.metrics
             .rocksdb_memtable_usage
             .set(memory.memtable_usage() as i64);
+    }
+}
+
+/// Updates whether each source partition of `task` has nothing to hand out: the consumer had
+/// nothing at all for anyone since its last record (`drained_at`). librdkafka says which
+/// partition reached its end only by number, not topic, and its cached high watermarks are
+/// behind an unsafe call: so an empty partition beside busy ones counts as idle once the
+/// consumer drains, which it does whenever it keeps up with its input.
+fn update_idleness(task: &mut tasks::Task, drained_at: i64) {
+    for state in &mut task.sources {
+        let drained = drained_at >= state.last_record;
+        state.idle_since = drained.then_some(state.last_record);
     }
 }

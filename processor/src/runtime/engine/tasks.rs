@@ -24,6 +24,20 @@ pub(super) struct Task {
     /// The highest record timestamp processed.
     pub stream_time: i64,
     pub punctuation: Option<Punctuation>,
+    /// Per source (by [`SourceId`](crate::runtime::topology::SourceId)): where the task's
+    /// partition of it stands.
+    pub sources: Vec<SourceState>,
+}
+
+/// What the engine knows of one source partition of a task, for [`TaskContext::idle_since`]
+/// (see [`super::Engine::update_idleness`]).
+///
+/// [`TaskContext::idle_since`]: crate::runtime::topology::TaskContext::idle_since
+pub(super) struct SourceState {
+    /// When its last record was processed (or the task started), wall clock.
+    pub last_record: i64,
+    /// Since when it has had nothing to hand out, as of the last check.
+    pub idle_since: Option<i64>,
 }
 
 /// A wall-clock punctuation schedule.
@@ -39,6 +53,7 @@ pub(super) struct TaskView<'a> {
     pub stores: &'a mut [Store],
     pub stream_time: i64,
     pub punctuation: &'a mut Option<Punctuation>,
+    pub sources: &'a [SourceState],
 }
 
 impl Task {
@@ -49,6 +64,7 @@ impl Task {
             stores: &mut self.stores,
             stream_time: self.stream_time,
             punctuation: &mut self.punctuation,
+            sources: &self.sources,
         };
         (self.processor.as_mut(), view)
     }
@@ -251,6 +267,15 @@ pub(super) fn open(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "task running"
     );
+    let now = schemas::now_millis();
+    let sources = sub
+        .sources
+        .iter()
+        .map(|_| SourceState {
+            last_record: now,
+            idle_since: None,
+        })
+        .collect();
     Ok(Task {
         id,
         state,
@@ -258,5 +283,6 @@ pub(super) fn open(
         processor: config.topology.processor(id),
         stream_time: i64::MIN,
         punctuation: None,
+        sources,
     })
 }

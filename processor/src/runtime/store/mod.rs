@@ -226,6 +226,35 @@ impl Store {
         self.db.get(key).map_err(|e| self.rocks(e))
     }
 
+    /// Every key starting with `prefix` and its value, in key order: RocksDB, overlaid with
+    /// the layers being applied, committed and written (newest last), deletes removed.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            std::collections::BTreeMap::new();
+        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (key, value) = item.map_err(|e| self.rocks(e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            merged.insert(key.into_vec(), Some(value.into_vec()));
+        }
+        let layers = self
+            .applying
+            .iter()
+            .map(|a| a.layer.as_ref())
+            .chain([&self.committing, &self.pending]);
+        for layer in layers {
+            for (key, value) in layer.iter().filter(|(k, _)| k.starts_with(prefix)) {
+                merged.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect())
+    }
+
     /// The value under `key`, decoded (see [`format`]).
     pub fn get_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         self.get(key.as_bytes())?
