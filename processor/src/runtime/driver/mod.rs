@@ -284,14 +284,22 @@ impl TopologyTestDriver {
 
     /// Appends a record to an input topic, at the partition the producers' partitioner picks
     /// for `key` (Kafka's murmur2; a record without a key goes to partition 0).
-    pub fn pipe(&mut self, topic: &str, key: Option<&[u8]>, value: &[u8], timestamp: i64) {
+    /// Returns its (partition, offset).
+    pub fn pipe(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        timestamp: i64,
+    ) -> (i32, i64) {
         let partitions = self.log.partitions(topic);
         assert!(partitions > 0, "unknown topic {topic}");
         let partition = key.map_or(0, |k| partition_for(k, partitions));
-        self.pipe_to(topic, partition, key, value, timestamp);
+        let offset = self.pipe_to(topic, partition, key, value, timestamp);
+        (partition, offset)
     }
 
-    /// Appends a record to partition `partition` of an input topic.
+    /// Appends a record to partition `partition` of an input topic; returns its offset.
     pub fn pipe_to(
         &mut self,
         topic: &str,
@@ -299,7 +307,7 @@ impl TopologyTestDriver {
         key: Option<&[u8]>,
         value: &[u8],
         timestamp: i64,
-    ) {
+    ) -> i64 {
         let entry = Entry {
             key: key.map(<[u8]>::to_vec),
             value: Some(value.to_vec()),
@@ -308,6 +316,7 @@ impl TopologyTestDriver {
             txn: None,
         };
         self.log.append(topic, partition, entry);
+        self.log.topics[topic][partition as usize].len() as i64 - 1
     }
 
     /// Every committed record of `topic`, partition by partition, in offset order.
