@@ -84,6 +84,19 @@ impl Publisher {
             .set("queue.buffering.max.messages", "1000000")
             .create()
             .map_err(PublishError::Producer)?;
+        // Connect before the first record: a record is stamped when it is handed to the
+        // producer, and the first ones would otherwise wait out the connection (about 300 ms
+        // here), arriving later than an event-time processor lets an idle partition wait.
+        let warm = producer.clone();
+        let topic = topics.orders.clone();
+        tokio::task::spawn_blocking(move || {
+            warm.client()
+                .fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))
+                .map(|_| ())
+        })
+        .await
+        .unwrap_or(Ok(()))
+        .map_err(PublishError::Producer)?;
         let codec = Codec::new(&connection.schema_registry_url, &topics)?;
         Ok(Self {
             producer,

@@ -165,6 +165,33 @@ pub struct Watermark {
     pub position: Position,
 }
 
+/// An inventory task's request to an order task: it holds an entry at `position` that waits
+/// for that order task's watermark, which has not moved for a while. An idle order partition
+/// moves its time on only when asked, so an idle system sends nothing. Sent on the
+/// line-results topic with an empty key (event-time mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkRequest {
+    pub position: Position,
+}
+
+/// What a record of the line-results topic carries.
+#[derive(Debug, Clone)]
+pub enum ResultsRecord {
+    Result(LineResult),
+    Request(WatermarkRequest),
+}
+
+impl ResultsRecord {
+    /// Decodes a line-results record: an empty key is a request, any other a result.
+    pub fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<Self, FormatError> {
+        if key.is_none_or(<[u8]>::is_empty) {
+            format::decode(value).map(ResultsRecord::Request)
+        } else {
+            format::decode(value).map(ResultsRecord::Result)
+        }
+    }
+}
+
 /// What a record of the order-lines topic carries.
 #[derive(Debug, Clone)]
 pub enum LinesRecord {

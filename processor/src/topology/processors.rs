@@ -19,7 +19,8 @@ use super::event_time::{Merge, PartitionTime, Queued, WATERMARK_INTERVAL};
 use super::inventory::{self, Hold, InventoryDecision, keys};
 use super::order::{self, OrderDecision, OrderRecord, Outcome};
 use super::{
-    Change, CommandEnvelope, LineCommand, LineResult, LinesRecord, Position, Watermark, Wiring,
+    Change, CommandEnvelope, LineCommand, LinesRecord, Position, ResultsRecord, Watermark,
+    WatermarkRequest, Wiring,
 };
 use crate::metrics::Metrics;
 use crate::runtime::format;
@@ -39,9 +40,9 @@ pub struct Sequencing {
 /// a zero byte).
 pub const PARTITION_TIME: &[u8] = b"\0partition-time";
 
-/// How often a watermark that has not moved is sent again (an inventory task that restarted
-/// knows no watermark until it comes).
-const WATERMARK_REFRESH_MS: i64 = 1_000;
+/// How long an inventory task waits on an order task's watermark that does not move before it
+/// asks for it ([`super::WatermarkRequest`]), and again between two requests.
+const REQUEST_AFTER_MS: i64 = 40;
 
 thread_local! {
     /// The codec's registry calls (cached after the first lookup of each schema) run on a
@@ -113,6 +114,7 @@ pub fn orders(
         sequencing,
         time: PartitionTime::default(),
         sent: None,
+        requested: None,
     })
 }
 
@@ -131,6 +133,8 @@ pub fn inventory(
         merge: Merge::default(),
         adjustments: PartitionTime::default(),
         origins: 0,
+        moved_at: Vec::new(),
+        requested_at: Vec::new(),
     })
 }
 
@@ -141,8 +145,10 @@ struct Orders {
     sequencing: Option<Sequencing>,
     /// Event-time mode: the `orders` partition's time.
     time: PartitionTime,
-    /// The last watermark sent, and when.
-    sent: Option<(Position, i64)>,
+    /// The last watermark sent.
+    sent: Option<Position>,
+    /// The highest position an inventory task asked this task's watermark to pass.
+    requested: Option<Position>,
 }
 
 impl Processor for Orders {
@@ -189,8 +195,14 @@ impl Processor for Orders {
             let decision = order::on_order_created(existing.as_ref(), order, ctx.wall_clock());
             self.apply(ctx, &order_id, decision, position)
         } else {
-            let result: LineResult = match format::decode(record.value.unwrap_or_default()) {
-                Ok(result) => result,
+            let value = record.value.unwrap_or_default();
+            let result = match ResultsRecord::decode(record.key, value) {
+                Ok(ResultsRecord::Result(result)) => result,
+                Ok(ResultsRecord::Request(request)) => {
+                    self.requested = self.requested.max(Some(request.position));
+                    self.sent = None; // the asker may have restarted: send even if unchanged
+                    return Ok(());
+                }
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
             };
             let order_id = result.order_id.clone();
@@ -200,13 +212,14 @@ impl Processor for Orders {
         }
     }
 
-    /// Event-time mode: moves an idle partition's time on, and sends the watermark to every
-    /// inventory task.
+    /// Event-time mode: sends the watermark to every inventory task when it has moved; when an
+    /// inventory task waits for it and the partition is idle, moves the partition's time on.
     fn punctuate(&mut self, ctx: &mut dyn TaskContext, now: i64) -> Result<(), ProcessError> {
         let Some(s) = self.sequencing else {
             return Ok(());
         };
-        if let Some(since) = ctx.idle_since(self.wiring.orders)
+        if self.requested.is_some()
+            && let Some(since) = ctx.idle_since(self.wiring.orders)
             && now - since >= s.max_idle_ms
             && self.time.advance_to(now - s.max_idle_ms)
         {
@@ -216,13 +229,13 @@ impl Processor for Orders {
         let Some(mark) = self.time.watermark(s.orders_rank, origin) else {
             return Ok(());
         };
-        if self
-            .sent
-            .is_some_and(|(sent, at)| sent == mark && now - at < WATERMARK_REFRESH_MS)
-        {
+        if self.requested.is_some_and(|wanted| mark >= wanted) {
+            self.requested = None;
+        }
+        if self.sent == Some(mark) {
             return Ok(());
         }
-        self.sent = Some((mark, now));
+        self.sent = Some(mark);
         let watermark = format::encode(&Watermark {
             origin,
             position: mark,
@@ -316,6 +329,9 @@ struct Inventory {
     adjustments: PartitionTime,
     /// The number of order partitions (the adjustments origin comes after them).
     origins: usize,
+    /// Per order partition: when its watermark last moved, and when it was last asked for.
+    moved_at: Vec<i64>,
+    requested_at: Vec<i64>,
 }
 
 impl Processor for Inventory {
@@ -326,6 +342,8 @@ impl Processor for Inventory {
         let store = self.wiring.inventory_store;
         self.origins = usize::try_from(ctx.partitions(self.wiring.line_results)).unwrap_or(0);
         self.merge = Merge::new(self.origins + 1);
+        self.moved_at = vec![ctx.wall_clock(); self.origins];
+        self.requested_at = vec![i64::MIN; self.origins];
         self.adjustments = ctx
             .get_value(store, keys::ADJUSTMENTS_TIME)?
             .unwrap_or_default();
@@ -373,12 +391,16 @@ impl Processor for Inventory {
         }
     }
 
-    /// Event-time mode: moves an idle adjustments partition's time on, and decides what that
-    /// lets through.
+    /// Event-time mode, while entries wait for the frontier: moves an idle adjustments
+    /// partition's time on, decides what that lets through, and asks the order tasks whose
+    /// watermarks hold the rest back and have not moved for a while.
     fn punctuate(&mut self, ctx: &mut dyn TaskContext, now: i64) -> Result<(), ProcessError> {
         let Some(s) = self.sequencing else {
             return Ok(());
         };
+        if self.merge.buffer.is_empty() {
+            return Ok(());
+        }
         if let Some(since) = ctx.idle_since(self.wiring.adjustments)
             && now - since >= s.max_idle_ms
             && self.adjustments.advance_to(now - s.max_idle_ms)
@@ -392,7 +414,22 @@ impl Processor for Inventory {
         {
             self.merge.promise(self.origins, mark);
         }
-        self.drain(ctx)
+        self.drain(ctx)?;
+        let Some(&head) = self.merge.buffer.keys().next() else {
+            return Ok(());
+        };
+        let request = format::encode(&WatermarkRequest { position: head });
+        for origin in 0..self.origins {
+            if self.merge.watermarks[origin] < head
+                && now.saturating_sub(self.moved_at[origin]) >= REQUEST_AFTER_MS
+                && now.saturating_sub(self.requested_at[origin]) >= REQUEST_AFTER_MS
+            {
+                self.requested_at[origin] = now;
+                let partition = origin as i32;
+                ctx.send(self.wiring.line_results, b"", &request, Some(partition))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -491,13 +528,13 @@ impl Inventory {
             Err(error) => ctx.dead_letter("undecodable", &error.to_string()),
             Ok(LinesRecord::Watermark(mark)) => {
                 let origin = usize::try_from(mark.origin).unwrap_or(usize::MAX);
-                self.merge.promise(origin, mark.position);
+                self.promise(ctx, origin, mark.position);
                 self.drain(ctx)
             }
             Ok(LinesRecord::Command(envelope)) => match (&envelope.command, envelope.position) {
                 (LineCommand::Reserve { .. }, Some(position)) => {
                     let origin = usize::try_from(position.partition).unwrap_or(usize::MAX);
-                    self.merge.promise(origin, position);
+                    self.promise(ctx, origin, position);
                     let entry = Queued::Reserve {
                         reply_partition: envelope.reply_partition,
                         command: envelope.command,
@@ -512,6 +549,17 @@ impl Inventory {
                 }
             },
         }
+    }
+
+    /// Order partition `origin` promises nothing at or below `position` any more.
+    fn promise(&mut self, ctx: &dyn TaskContext, origin: usize, position: Position) {
+        if origin >= self.origins {
+            return; // not an order partition of this topology
+        }
+        if self.merge.watermarks[origin] < position {
+            self.moved_at[origin] = ctx.wall_clock();
+        }
+        self.merge.promise(origin, position);
     }
 
     fn enqueue(&mut self, ctx: &mut dyn TaskContext, position: Position, entry: Queued) {
