@@ -125,7 +125,7 @@ pub struct RunArgs {
     /// Event-time mode: how long a partition with nothing to read may hold the others back,
     /// in milliseconds (Kafka Streams' max.task.idle.ms). A record that arrives later than
     /// this after its timestamp is decided where it arrived.
-    #[arg(long, env = "STOCKFLOW_MAX_TASK_IDLE_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    #[arg(long, env = "STOCKFLOW_MAX_TASK_IDLE_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub max_task_idle_ms: u64,
 }
 
