@@ -38,9 +38,21 @@ pub enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Check a run against the serial execution of the rules (the clerk): read the inputs and
+    /// the outputs up to their end offsets, and list where they differ. Exit code 0: none; 1:
+    /// some; 2: the audit could not run.
+    Audit(AuditArgs),
     /// Register or check the Avro contracts in the schema registry.
     #[command(subcommand)]
     Schemas(SchemasCommand),
+}
+
+/// `processor audit`.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    /// How many differences to list, one line each (all are counted).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub show: usize,
 }
 
 /// Where an application's state lives: shared by `run` and `reset`.
@@ -331,6 +343,21 @@ mod tests {
         assert!(parse(&["--sync-interval", "1ms"]).is_err());
         assert!(parse(&["--database-schema", "Robert'); DROP TABLE orders;--"]).is_err());
         assert!(parse(&["--database-schema", "2fast"]).is_err());
+    }
+
+    #[test]
+    fn audit_shows_twenty_differences_unless_told() {
+        let show = |flags: &[&str]| {
+            let mut argv = vec!["processor", "audit"];
+            argv.extend_from_slice(flags);
+            match Cli::try_parse_from(argv).expect("parses").command {
+                Command::Audit(audit) => audit.show,
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert_eq!(show(&[]), 20);
+        assert_eq!(show(&["--show", "3"]), 3);
+        assert!(Cli::try_parse_from(["processor", "audit", "--show", "-1"]).is_err());
     }
 
     #[test]

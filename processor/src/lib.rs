@@ -16,11 +16,13 @@
 //! - [`metrics`]: every metric, registered on an explicit registry.
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
+//! - [`audit`]: `processor audit`, a run checked against the serial execution of the rules.
 //!
 //! Beside the library: `benches/` (criterion: the rules, the store), `examples/e2e_bench/`
 //! (the end-to-end benchmark), `tests/` (integration tests on `testkit` and `tests/support/`).
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod metrics;
 pub mod readmodel;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
-use plumbing::process::{exit_code, init_tracing, shutdown_on_signals};
+use plumbing::process::{exit_code, init_tracing, one_line, shutdown_on_signals};
 use processor::cli::{Cli, Command};
 use schemas::cli::run_schemas_command;
 
@@ -16,19 +16,39 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing("info,rdkafka=warn");
     let shutdown = shutdown_on_signals();
-    exit_code(match &cli.command {
-        Command::Run(args) => processor::app::run(&cli.connection, args, shutdown).await,
-        Command::Reset(args) => processor::reset::reset(&cli.connection, args).await,
+    match &cli.command {
+        Command::Run(args) => exit_code(processor::app::run(&cli.connection, args, shutdown).await),
+        Command::Reset(args) => exit_code(processor::reset::reset(&cli.connection, args).await),
         Command::Tail {
             from_beginning,
             limit,
-        } => processor::tail::tail(&cli.connection, *from_beginning, *limit, shutdown).await,
-        Command::Schemas(command) => run_schemas_command(
-            &cli.connection.schema_registry_url,
-            &cli.connection.topics(),
-            command,
-        )
-        .await
-        .map_err(Into::into),
-    })
+        } => exit_code(
+            processor::tail::tail(&cli.connection, *from_beginning, *limit, shutdown).await,
+        ),
+        Command::Audit(args) => {
+            audit_exit_code(processor::audit::audit(&cli.connection, args).await)
+        }
+        Command::Schemas(command) => exit_code(
+            run_schemas_command(
+                &cli.connection.schema_registry_url,
+                &cli.connection.topics(),
+                command,
+            )
+            .await
+            .map_err(Into::into),
+        ),
+    }
+}
+
+/// Like diff(1): 0 when the run equals the clerk's, 1 when it differs, 2 (with one line
+/// `error: ...`) when the audit could not run.
+fn audit_exit_code(result: anyhow::Result<processor::audit::Report>) -> ExitCode {
+    match result {
+        Ok(report) if report.differences.is_empty() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            ExitCode::from(2)
+        }
+    }
 }

@@ -309,7 +309,7 @@ pub trait TaskContext {
     /// Every key of `store` that starts with `prefix`, with its value, in key order
     /// (uncommitted writes included). A full scan: for `init`, to rebuild what a processor
     /// keeps in memory, not for every record.
-    fn scan(&self, store: StoreId, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProcessError>;
+    fn scan(&self, store: StoreId, prefix: &[u8]) -> Result<super::store::Entries, ProcessError>;
 
     /// Sends a record to `sink`, to `partition` if given, else to the partition the producers'
     /// partitioner picks for `key`. It becomes visible when the task's transaction commits.

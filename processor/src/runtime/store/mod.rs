@@ -228,7 +228,7 @@ impl Store {
 
     /// Every key starting with `prefix` and its value, in key order: RocksDB, overlaid with
     /// the layers being applied, committed and written (newest last), deletes removed.
-    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan(&self, prefix: &[u8]) -> Result<Entries, StoreError> {
         let mut merged: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             std::collections::BTreeMap::new();
         let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
