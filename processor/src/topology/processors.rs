@@ -170,22 +170,18 @@ impl Processor for Orders {
         if record.source == self.wiring.orders {
             // Every record moves the partition's time, undecodable ones too: the clerk's
             // merge sees them.
-            let position = match self.sequencing {
-                None => None,
-                Some(s) => {
-                    let (position, late) = self.time.read(
-                        s.orders_rank,
-                        record.partition,
-                        record.offset,
-                        record.timestamp,
-                    );
-                    if late {
-                        self.metrics.late_records.inc();
-                    }
-                    ctx.put_value(store, PARTITION_TIME, &self.time);
-                    Some(position)
-                }
-            };
+            let position = self.sequencing.map(|s| {
+                let time = &mut self.time;
+                place(
+                    ctx,
+                    store,
+                    PARTITION_TIME,
+                    time,
+                    s.orders_rank,
+                    record,
+                    &self.metrics,
+                )
+            });
             let order: OrderCreated = match self.avro.decode(record.value)? {
                 Ok(order) => order,
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
@@ -497,16 +493,10 @@ impl Inventory {
         let store = self.wiring.inventory_store;
         if record.source == self.wiring.adjustments {
             // Every record moves the partition's time, undecodable ones too.
-            let (position, late) = self.adjustments.read(
-                s.adjustments_rank,
-                record.partition,
-                record.offset,
-                record.timestamp,
-            );
-            if late {
-                self.metrics.late_records.inc();
-            }
-            ctx.put_value(store, keys::ADJUSTMENTS_TIME, &self.adjustments);
+            let time = &mut self.adjustments;
+            let rank = s.adjustments_rank;
+            let key = keys::ADJUSTMENTS_TIME;
+            let position = place(ctx, store, key, time, rank, record, &self.metrics);
             self.merge.promise(self.origins, position);
             let adjustment: InventoryAdjusted = match self.avro.decode(record.value)? {
                 Ok(adjustment) => adjustment,
@@ -734,6 +724,25 @@ impl Inventory {
         }
         Ok(())
     }
+}
+
+/// Event-time mode: reads `record` into its partition's `time`, kept in `store` under `key`,
+/// and gives its position in the canonical order (a late record is counted).
+fn place(
+    ctx: &mut dyn TaskContext,
+    store: StoreId,
+    key: &[u8],
+    time: &mut PartitionTime,
+    rank: u8,
+    record: &Record<'_>,
+    metrics: &Metrics,
+) -> Position {
+    let (position, late) = time.read(rank, record.partition, record.offset, record.timestamp);
+    if late {
+        metrics.late_records.inc();
+    }
+    ctx.put_value(store, key, time);
+    position
 }
 
 /// A value of the processor's own in the store, decoded; a value that does not decode is a

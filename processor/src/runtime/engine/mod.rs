@@ -585,18 +585,8 @@ impl Engine {
             return Ok(());
         }
         let task = tasks::open(&self.config, id, &self.metrics)?;
-        let task = self.tasks.insert(task, &self.metrics);
-        let (processor, view) = task.split();
-        let mut ctx = EngineContext::new(view, &mut self.out, None);
-        let initialized = processor.init(&mut ctx);
-        self.tasks.reschedule();
-        initialized.map_err(|e| EngineError::Processor {
-            task: id,
-            source: match e {
-                ProcessError::Fatal(source) => source,
-                retry @ ProcessError::Retry(_) => Box::new(retry),
-            },
-        })
+        self.tasks.insert(task, &self.metrics);
+        self.init_processor(id)
     }
 
     /// Gives running task `id` a new processor and initializes it.
@@ -606,6 +596,14 @@ impl Engine {
         };
         task.processor = self.config.topology.processor(id);
         task.punctuation = None;
+        self.init_processor(id)
+    }
+
+    /// Calls the `init` of running task `id`'s processor.
+    fn init_processor(&mut self, id: TaskId) -> Result<(), EngineError> {
+        let Some(task) = self.tasks.running(id) else {
+            return Ok(());
+        };
         let (processor, view) = task.split();
         let mut ctx = EngineContext::new(view, &mut self.out, None);
         let initialized = processor.init(&mut ctx);
