@@ -221,15 +221,22 @@ impl Outputs {
         Ok(())
     }
 
-    /// Sends each task's committing store writes to their changelogs, in the open transaction:
-    /// one record per key however often it changed since the last commit (a key that changes
-    /// with every record is sent once), as Kafka Streams' record cache does.
+    /// Sends each task's committing store writes to their changelogs, in the transaction: one
+    /// record per key however often it changed since the last commit (a key that changes with
+    /// every record is sent once), as Kafka Streams' record cache does.
+    ///
+    /// A write opens the transaction if nothing else did: a punctuation or a processor's `init`
+    /// may write a store without consuming or sending anything (an idle partition's time
+    /// moving on), and its changelog records and the store's commit belong to a transaction
+    /// like any other. (Sent outside one, librdkafka refused them with `ERR__STATE` and the
+    /// engine stopped.)
     pub fn send_changelogs(&mut self, tasks: &Tasks) -> Result<(), GuaranteeError> {
         for task in tasks.iter() {
             let changelogs = &self.changelogs[usize::from(task.id.sub)];
             for (store, (topic, produced)) in task.stores.iter().zip(changelogs) {
                 let mut sent = 0;
                 for (key, value) in store.committing() {
+                    self.tx.begin()?;
                     let partition = Some(task.id.partition);
                     self.tx.send(record(topic, partition, key, value, None))?;
                     sent += 1;
