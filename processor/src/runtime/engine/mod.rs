@@ -10,11 +10,12 @@
 //! Layout: this module (the poll/commit loop and the commit steps); [`tasks`] (assignment,
 //! revocation, opening and closing tasks); [`context`] (the [`TaskContext`] processors see);
 //! [`outputs`] (sends, the outbox held while a commit is in progress, changelogs, dead
-//! letters).
+//! letters); [`idleness`] (when a source partition has nothing to hand out).
 //!
 //! [`TaskContext`]: super::topology::TaskContext
 
 mod context;
+mod idleness;
 mod outputs;
 mod tasks;
 
@@ -178,9 +179,9 @@ impl ConsumerContext for StreamsContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
-            lock(&self.engine).on_assign(partitions);
+            lock(&self.engine).on_assign(consumer, partitions);
         }
     }
 }
@@ -378,6 +379,12 @@ impl Engine {
         let state = &mut task.sources[usize::from(source.0)];
         state.last_record = schemas::now_millis();
         state.idle_since = None;
+        if state
+            .catching_up
+            .is_some_and(|end| record.offset + 1 >= end)
+        {
+            state.catching_up = None;
+        }
         let (processor, view) = task.split();
         let mut ctx = EngineContext::new(view, &mut self.out, Some(&record));
         let processed = processor.process(&mut ctx, &record);
@@ -422,7 +429,8 @@ impl Engine {
             let Some(task) = self.tasks.running(id) else {
                 continue;
             };
-            update_idleness(task, self.drained_at);
+            let (drained_at, topology) = (self.drained_at, &self.config.topology);
+            idleness::update(task, drained_at, schemas::now_millis(), topology, consumer);
             let (processor, view) = task.split();
             let mut ctx = EngineContext::new(view, &mut self.out, None);
             match processor.punctuate(&mut ctx, schemas::now_millis()) {
@@ -520,7 +528,13 @@ impl Engine {
         let rewind = self.out.tx.abort()?;
         self.tasks.roll_back();
         self.out.clear_outbox();
+        let rewound: Vec<_> = rewind
+            .iter()
+            .map(|(topic, partition, first)| (topic.clone(), *partition, Some(*first)))
+            .collect();
         Transactor::rewind(consumer, rewind);
+        // Read again, the rewound records are no partition's idle time.
+        self.catch_up(consumer, rewound);
         // What a processor keeps in memory is derived from its stores, which just lost their
         // uncommitted writes: every running task gets a new processor, as after a restart.
         let ids: Vec<TaskId> = self.tasks.iter().map(|t| t.id).collect();
@@ -559,7 +573,11 @@ impl Engine {
         self.tasks.close(&revoked, &self.metrics);
     }
 
-    fn on_assign(&mut self, partitions: &TopicPartitionList) {
+    fn on_assign(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: &TopicPartitionList,
+    ) {
         self.metrics
             .rebalances
             .with_label_values(&["assigned"])
@@ -576,7 +594,35 @@ impl Engine {
                 return;
             }
         }
+        // Asked once every task is open: what was written while their stores were restored
+        // is to be read before any of them counts as idle.
+        let assigned = partitions
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition(), None))
+            .collect();
+        self.catch_up(consumer, assigned);
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Notes where the consumer must get to in each of `partitions` (topic, partition, the
+    /// offset it reads from if not its committed one) before the partition can count as idle,
+    /// and starts their idle time now.
+    fn catch_up(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: Vec<(String, i32, Option<i64>)>,
+    ) {
+        let ends = idleness::ends_to_reach(consumer, &partitions);
+        let now = schemas::now_millis();
+        let topology = &self.config.topology;
+        for ((topic, partition, _), end) in partitions.iter().zip(ends) {
+            if let Some(state) = self.tasks.source_state(topology, topic, *partition) {
+                state.catching_up = end;
+                state.last_record = state.last_record.max(now);
+                state.idle_since = None;
+            }
+        }
     }
 
     /// Opens `id` (restoring its stores), then starts its processor.
@@ -625,17 +671,5 @@ impl Engine {
         self.metrics
             .rocksdb_memtable_usage
             .set(memory.memtable_usage() as i64);
-    }
-}
-
-/// Updates whether each source partition of `task` has nothing to hand out: the consumer had
-/// nothing at all for anyone since its last record (`drained_at`). librdkafka says which
-/// partition reached its end only by number, not topic, and its cached high watermarks are
-/// behind an unsafe call: so an empty partition beside busy ones counts as idle once the
-/// consumer drains, which it does whenever it keeps up with its input.
-fn update_idleness(task: &mut tasks::Task, drained_at: i64) {
-    for state in &mut task.sources {
-        let drained = drained_at >= state.last_record;
-        state.idle_since = drained.then_some(state.last_record);
     }
 }

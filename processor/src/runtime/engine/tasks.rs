@@ -30,7 +30,7 @@ pub(super) struct Task {
 }
 
 /// What the engine knows of one source partition of a task, for [`TaskContext::idle_since`]
-/// (see [`super::Engine::update_idleness`]).
+/// (see [`super::idleness`]).
 ///
 /// [`TaskContext::idle_since`]: crate::runtime::topology::TaskContext::idle_since
 pub(super) struct SourceState {
@@ -38,6 +38,9 @@ pub(super) struct SourceState {
     pub last_record: i64,
     /// Since when it has had nothing to hand out, as of the last check.
     pub idle_since: Option<i64>,
+    /// The offset the consumer must reach before the partition can count as idle: its end
+    /// offset when it was assigned or rewound (`None`: reached, or nothing to read then).
+    pub catching_up: Option<i64>,
 }
 
 /// A wall-clock punctuation schedule.
@@ -108,6 +111,18 @@ impl Tasks {
     pub fn insert(&mut self, task: Task, metrics: &Metrics) -> &mut Task {
         metrics.assigned_tasks.inc();
         self.tasks.entry(task.id).or_insert(task)
+    }
+
+    /// The state of the source partition that reads `topic[partition]`, if its task runs.
+    pub fn source_state(
+        &mut self,
+        topology: &Topology,
+        topic: &str,
+        partition: i32,
+    ) -> Option<&mut SourceState> {
+        let (sub, source) = topology.source(topic)?;
+        let task = self.running(TaskId { sub, partition })?;
+        task.sources.get_mut(usize::from(source.0))
     }
 
     /// The tasks that `partitions` belong to, each once.
@@ -274,6 +289,7 @@ pub(super) fn open(
         .map(|_| SourceState {
             last_record: now,
             idle_since: None,
+            catching_up: None,
         })
         .collect();
     Ok(Task {
