@@ -291,6 +291,12 @@ impl ProcessError {
     }
 }
 
+/// `dead_letter` outside of `process`: a bug in the processor, fatal in the engine and the
+/// driver alike.
+#[derive(Debug, thiserror::Error)]
+#[error("dead_letter called with no record being processed (in init or punctuate)")]
+pub struct NoRecord;
+
 /// What a processor may do while it processes a record (or a punctuation): the engine
 /// implements it over RocksDB and Kafka, the test driver in memory.
 pub trait TaskContext {

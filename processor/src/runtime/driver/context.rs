@@ -7,7 +7,7 @@ use super::{DriverTask, Entry, Log, MemStore, TxnStatus};
 use crate::runtime::partitioner::partition_for;
 use crate::runtime::task::TaskId;
 use crate::runtime::topology::{
-    ProcessError, Processor, Record, SinkId, SourceId, StoreId, TaskContext,
+    NoRecord, ProcessError, Processor, Record, SinkId, SourceId, StoreId, TaskContext,
 };
 
 /// Calls `f` with the task's processor and a context over the task and the log.
@@ -170,9 +170,7 @@ impl TaskContext for DriverContext<'_> {
 
     fn dead_letter(&mut self, kind: &str, reason: &str) -> Result<(), ProcessError> {
         let Some(record) = self.record.take() else {
-            return Err(ProcessError::Retry(
-                "dead_letter with no record being processed".to_owned(),
-            ));
+            return Err(ProcessError::fatal(NoRecord));
         };
         let topic = self.log.dead_letter_topic.clone();
         let headers = vec![

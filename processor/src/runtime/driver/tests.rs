@@ -103,3 +103,32 @@ fn an_open_transaction_holds_back_readers_and_an_abort_hides_its_records() {
         "past the aborted record"
     );
 }
+
+/// Dead-letters from `init`, where there is no record to dead-letter.
+struct DeadLettersInInit;
+
+impl Processor for DeadLettersInInit {
+    fn init(&mut self, ctx: &mut dyn TaskContext) -> Result<(), ProcessError> {
+        ctx.dead_letter("bug", "no record")
+    }
+
+    fn process(&mut self, _: &mut dyn TaskContext, _: &Record<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_dead_letter_with_no_record_stops_the_run_as_in_the_engine() {
+    let mut builder = TopologyBuilder::new("t", "dlq");
+    builder.sub_topology("a").source("in");
+    builder.processors(
+        0,
+        Arc::new(|_: TaskId| -> Box<dyn Processor> { Box::new(DeadLettersInInit) }),
+    );
+    let error = TopologyTestDriver::new(builder.build(), DriverConfig::default())
+        .expect_err("a fatal error, not a restart");
+    assert!(
+        matches!(&error.source, ProcessError::Fatal(e) if e.to_string().contains("dead_letter")),
+        "{error}"
+    );
+}

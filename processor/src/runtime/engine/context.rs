@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use super::outputs::Outputs;
 use super::tasks::{Punctuation, TaskView};
 use crate::runtime::task::TaskId;
-use crate::runtime::topology::{ProcessError, Record, SinkId, SourceId, StoreId, TaskContext};
+use crate::runtime::topology::{
+    NoRecord, ProcessError, Record, SinkId, SourceId, StoreId, TaskContext,
+};
 
 pub(super) struct EngineContext<'a> {
     task: TaskView<'a>,
@@ -104,8 +106,3 @@ impl TaskContext for EngineContext<'_> {
         self.scheduled = true;
     }
 }
-
-/// `dead_letter` outside of `process`: a bug in the processor.
-#[derive(Debug, thiserror::Error)]
-#[error("dead_letter called with no record being processed (in init or punctuate)")]
-struct NoRecord;
