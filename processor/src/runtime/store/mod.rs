@@ -267,9 +267,29 @@ impl Store {
             .transpose()
     }
 
-    /// Records an uncommitted write (`None` deletes).
+    /// Records an uncommitted write (`None` deletes). A key written since the last commit
+    /// started and deleted again, which nothing below holds, is forgotten rather than deleted:
+    /// its changelog tombstone and RocksDB delete would record nothing. (Event-time mode's
+    /// merge buffer puts and deletes most of its entries within one commit.)
     pub fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if value.is_none() && matches!(self.pending.get(&key), Some(Some(_))) && !self.below(&key) {
+            self.pending.remove(&key);
+            return;
+        }
         self.pending.insert(key, value);
+    }
+
+    /// Whether the layers under the pending one or RocksDB hold a value under `key` (a
+    /// RocksDB that cannot be read counts as holding one: the delete is then kept).
+    fn below(&self, key: &[u8]) -> bool {
+        let layered = self
+            .committing
+            .get(key)
+            .or_else(|| self.applying.iter().rev().find_map(|a| a.layer.get(key)));
+        match layered {
+            Some(value) => value.is_some(),
+            None => !matches!(self.db.get_pinned(key), Ok(None)),
+        }
     }
 
     /// Serializes `value` as the store and changelog both hold it (see [`format`]).
@@ -502,9 +522,44 @@ mod tests {
         committing.sort();
         assert_eq!(
             committing,
-            vec![(b"a".to_vec(), Some(b"2".to_vec())), (b"b".to_vec(), None)],
-            "one changelog record per key: its last value, or a tombstone"
+            vec![(b"a".to_vec(), Some(b"2".to_vec()))],
+            "one changelog record per key, its last value; b, written and deleted before any \
+             commit held it, is no record at all"
         );
+    }
+
+    #[test]
+    fn a_delete_of_a_key_a_commit_holds_is_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), &SharedMemory::new(8 << 20)).expect("opens");
+        let writer = Writer::start("test-writer".into(), None).expect("writer starts");
+        let committing = |store: &Store| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+            let mut records: Vec<_> = store
+                .committing()
+                .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                .collect();
+            records.sort();
+            records
+        };
+        store.write(b"a".to_vec(), Some(b"1".to_vec()));
+        store.freeze();
+        store.commit(Some(0), &writer, origin()).expect("commits");
+        // Rewritten and deleted while a commit holds it (being applied), then once RocksDB
+        // holds it: the tombstone stays both times.
+        store.write(b"a".to_vec(), Some(b"2".to_vec()));
+        store.write(b"a".to_vec(), None);
+        store.freeze();
+        assert_eq!(committing(&store), vec![(b"a".to_vec(), None)]);
+        store.commit(Some(1), &writer, origin()).expect("commits");
+        store.settle();
+        store.write(b"b".to_vec(), Some(b"1".to_vec()));
+        store.freeze();
+        store.commit(Some(2), &writer, origin()).expect("commits");
+        store.settle();
+        store.write(b"b".to_vec(), Some(b"2".to_vec()));
+        store.write(b"b".to_vec(), None);
+        store.freeze();
+        assert_eq!(committing(&store), vec![(b"b".to_vec(), None)]);
     }
 
     #[test]
