@@ -85,6 +85,7 @@ pub async fn start(
     args: &RunArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    let order = args.decision_order()?;
     let topics = connection.topics();
     let registry = Registry::new(&connection.schema_registry_url)?;
     registry.ping().await?;
@@ -97,7 +98,7 @@ pub async fn start(
         &topics,
         codec,
         metrics.clone(),
-        args.decision_order(),
+        order,
     ));
     let partitions = Arc::new(topics::ensure(&topology, &client, args.partitions).await?);
     // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.

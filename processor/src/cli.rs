@@ -125,14 +125,10 @@ pub struct RunArgs {
 
     /// In which order orders are decided: event-time (every order decided as one clerk taking
     /// the inputs in timestamp order would: reproducible, no order rejected for stock that
-    /// was only held for a moment) or arrival (as records arrive; README, "Decision order").
-    #[arg(
-        long,
-        env = "STOCKFLOW_DECISION_ORDER",
-        value_enum,
-        default_value = "arrival"
-    )]
-    pub decision_order: DecisionOrderArg,
+    /// was only held for a moment; needs exactly_once_v2) or arrival (as records arrive;
+    /// README, "Decision order"). Default: event-time, or arrival under at_least_once.
+    #[arg(long, env = "STOCKFLOW_DECISION_ORDER", value_enum)]
+    pub decision_order: Option<DecisionOrderArg>,
 
     /// Event-time mode: how long a partition with nothing to read may hold the others back,
     /// in milliseconds (Kafka Streams' max.task.idle.ms). A record that arrives later than
@@ -272,15 +268,36 @@ impl RunArgs {
         Duration::from_millis(self.commit_interval_ms)
     }
 
-    pub fn decision_order(&self) -> crate::topology::DecisionOrder {
-        match self.decision_order {
-            DecisionOrderArg::Arrival => crate::topology::DecisionOrder::Arrival,
-            DecisionOrderArg::EventTime => crate::topology::DecisionOrder::EventTime {
+    /// The decision order asked for, or the guarantee's default: event-time under
+    /// exactly-once, arrival under at-least-once, which event-time refuses. (At least once, a
+    /// reserve read again after a crash can wait in the merge buffer while its order's
+    /// release, sent after the first reading's result, applies first: its units would stay
+    /// reserved. Exactly once, a reserve's decision and its result commit together.)
+    pub fn decision_order(&self) -> Result<crate::topology::DecisionOrder, UnsupportedOrder> {
+        let exactly_once = self.processing_guarantee == ProcessingGuarantee::ExactlyOnceV2;
+        let asked = self.decision_order.unwrap_or(if exactly_once {
+            DecisionOrderArg::EventTime
+        } else {
+            DecisionOrderArg::Arrival
+        });
+        match asked {
+            DecisionOrderArg::Arrival => Ok(crate::topology::DecisionOrder::Arrival),
+            DecisionOrderArg::EventTime if !exactly_once => Err(UnsupportedOrder),
+            DecisionOrderArg::EventTime => Ok(crate::topology::DecisionOrder::EventTime {
                 max_idle_ms: self.max_task_idle_ms as i64,
-            },
+            }),
         }
     }
 }
+
+/// `--decision-order event-time` with `--processing-guarantee at_least_once`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--decision-order event-time needs --processing-guarantee exactly_once_v2 (at least once, \
+     a reserve read again after a crash can be decided after its order's release); use \
+     --decision-order arrival"
+)]
+pub struct UnsupportedOrder;
 
 #[cfg(test)]
 mod tests {
@@ -309,6 +326,39 @@ mod tests {
             Cli::try_parse_from(["processor", "run", "--processing-guarantee", "maybe"]).is_err()
         );
         assert!(Cli::try_parse_from(["processor", "run", "--commit-interval-ms", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_decision_order_defaults_by_guarantee_and_event_time_needs_exactly_once() {
+        use crate::topology::DecisionOrder;
+        let order = |flags: &[&str]| {
+            let mut argv = vec!["processor", "run"];
+            argv.extend_from_slice(flags);
+            let Command::Run(run) = Cli::try_parse_from(argv).expect("parses").command else {
+                panic!("parsed as run")
+            };
+            run.decision_order().ok()
+        };
+        let event_time = Some(DecisionOrder::EventTime { max_idle_ms: 100 });
+        assert_eq!(order(&[]), event_time);
+        assert_eq!(
+            order(&["--processing-guarantee", "at_least_once"]),
+            Some(DecisionOrder::Arrival)
+        );
+        assert_eq!(
+            order(&["--decision-order", "arrival"]),
+            Some(DecisionOrder::Arrival)
+        );
+        assert_eq!(
+            order(&[
+                "--processing-guarantee",
+                "at_least_once",
+                "--decision-order",
+                "event-time"
+            ]),
+            None,
+            "refused"
+        );
     }
 
     #[test]

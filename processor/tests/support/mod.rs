@@ -549,14 +549,16 @@ impl World {
         .await;
         let mut stock = HashMap::new();
         for record in records {
-            let key = String::from_utf8(record.key.expect("changelog keys")).expect("UTF-8");
-            let Some(sku) = key.strip_prefix(keys::SKU_PREFIX) else {
+            // Event-time mode keeps binary keys beside the skus (its merge buffer).
+            let key = record.key.expect("changelog keys");
+            let Some(sku) = key.strip_prefix(keys::SKU_PREFIX.as_bytes()) else {
                 continue;
             };
+            let sku = String::from_utf8(sku.to_vec()).expect("UTF-8 sku");
             let value: SkuRecord =
                 format::decode(&record.payload.expect("sku records are never deleted"))
                     .expect("a sku record");
-            stock.insert(sku.to_owned(), (value.available, value.reserved));
+            stock.insert(sku, (value.available, value.reserved));
         }
         stock
     }
