@@ -14,23 +14,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// Runs the `processor reset` binary for `world` with `extra` flags.
 fn reset(world: &World, extra: &[&str]) -> Output {
-    let state = world.state.path().to_string_lossy().into_owned();
-    std::process::Command::new(support::processor_binary())
-        .args(world.connection_flags())
-        .args([
-            "reset",
-            "--application-id",
-            &world.application_id,
-            "--state-dir",
-            &state,
-            "--database-url",
-            &world.database_url,
-            "--database-schema",
-            &world.database_schema,
-        ])
-        .args(extra)
-        .output()
-        .expect("the processor binary runs")
+    world.reset_processor(world.state.path(), extra)
 }
 
 fn stdout(output: &Output) -> String {

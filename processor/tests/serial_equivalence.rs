@@ -18,6 +18,7 @@ use schemas::{
     OrderRejected,
 };
 use support::{ProcessorChild, World};
+use testkit::Record;
 use testkit::kafka::{Isolation, end_offsets};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -60,8 +61,29 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// Every decision on the outcome topics at or after `from` (offsets per topic partition),
-/// by order id; an order decided twice fails.
+/// The committed records of `topics` at or after `from` (offsets per topic partition).
+async fn records_from(
+    world: &World,
+    topics: &[&str],
+    from: &BTreeMap<(String, i32), i64>,
+) -> Vec<Record> {
+    let records = world
+        .read_to_end(topics, Isolation::ReadCommitted, 2 * MINUTE)
+        .await;
+    records
+        .into_iter()
+        .filter(|r| {
+            r.offset
+                >= from
+                    .get(&(r.topic.clone(), r.partition))
+                    .copied()
+                    .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Every decision on the outcome topics at or after `from`, by order id; an order decided
+/// twice fails.
 async fn decisions_from(
     world: &World,
     from: &BTreeMap<(String, i32), i64>,
@@ -70,19 +92,8 @@ async fn decisions_from(
         world.topics.orders_confirmed.as_str(),
         world.topics.orders_rejected.as_str(),
     ];
-    let records = world
-        .read_to_end(&topics, Isolation::ReadCommitted, 2 * MINUTE)
-        .await;
     let mut decisions = BTreeMap::new();
-    for record in records {
-        if record.offset
-            < from
-                .get(&(record.topic.clone(), record.partition))
-                .copied()
-                .unwrap_or(0)
-        {
-            continue;
-        }
+    for record in records_from(world, &topics, from).await {
         let payload = record.payload.as_deref().expect("a payload");
         let (order_id, decision) = if record.topic == world.topics.orders_confirmed {
             let confirmed: OrderConfirmed = world.codec.decode(payload).await.expect("decodes");
@@ -104,19 +115,8 @@ async fn decisions_from(
 /// Every sku's last available stock on `inventory-updated` at or after `from`.
 async fn stock_from(world: &World, from: &BTreeMap<(String, i32), i64>) -> HashMap<String, i64> {
     let topic = world.topics.inventory_updated.as_str();
-    let records = world
-        .read_to_end(&[topic], Isolation::ReadCommitted, 2 * MINUTE)
-        .await;
     let mut stock = HashMap::new();
-    for record in records {
-        if record.offset
-            < from
-                .get(&(record.topic.clone(), record.partition))
-                .copied()
-                .unwrap_or(0)
-        {
-            continue;
-        }
+    for record in records_from(world, &[topic], from).await {
         let payload = record.payload.as_deref().expect("a payload");
         let update: InventoryUpdated = world.codec.decode(payload).await.expect("decodes");
         stock.insert(update.sku, update.available_after);
@@ -286,21 +286,7 @@ async fn a_killed_instance_and_a_reset_change_no_decision() {
 
     // Reset, and reprocess with one instance of three threads.
     let ends = output_ends(&world);
-    let state = dir_a.path().to_string_lossy().into_owned();
-    let reset = processor(
-        &world,
-        &[
-            "reset",
-            "--application-id",
-            &world.application_id,
-            "--state-dir",
-            &state,
-            "--database-url",
-            &world.database_url,
-            "--database-schema",
-            &world.database_schema,
-        ],
-    );
+    let reset = world.reset_processor(dir_a.path(), &[]);
     assert!(reset.status.success(), "reset:\n{}", text(&reset));
     let rerun = world.spawn_processor(
         "rerun",

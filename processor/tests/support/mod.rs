@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -180,6 +181,27 @@ impl World {
     }
 
     /// The global flags of a `processor` binary for this world (before its subcommand).
+    /// Runs `processor reset` for this world's application on `state_dir`, with `extra` flags.
+    pub fn reset_processor(&self, state_dir: &std::path::Path, extra: &[&str]) -> Output {
+        let state = state_dir.to_string_lossy().into_owned();
+        std::process::Command::new(processor_binary())
+            .args(self.connection_flags())
+            .args([
+                "reset",
+                "--application-id",
+                &self.application_id,
+                "--state-dir",
+                &state,
+                "--database-url",
+                &self.database_url,
+                "--database-schema",
+                &self.database_schema,
+            ])
+            .args(extra)
+            .output()
+            .expect("the processor binary runs")
+    }
+
     pub fn connection_flags(&self) -> Vec<String> {
         [
             "--bootstrap-servers",
