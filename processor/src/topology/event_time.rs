@@ -9,6 +9,7 @@ use schemas::InventoryAdjusted;
 use serde::{Deserialize, Serialize};
 
 use super::{LineCommand, Position};
+use crate::runtime::format::{self, FormatError};
 
 /// How often an order task sends its watermark, and an inventory task checks its idle
 /// adjustments partition.
@@ -83,8 +84,46 @@ pub enum Queued {
     Reserve {
         reply_partition: i32,
         command: LineCommand,
+        /// See [`CommandEnvelope::sole_line`](crate::topology::CommandEnvelope::sole_line).
+        sole_line: bool,
     },
     Adjustment(InventoryAdjusted),
+}
+
+/// [`Queued`] before `sole_line`, as buffers stored it (decoded when a store written before
+/// the change is opened).
+#[derive(Deserialize)]
+enum QueuedBeforeSoleLine {
+    Reserve {
+        reply_partition: i32,
+        command: LineCommand,
+    },
+    Adjustment(InventoryAdjusted),
+}
+
+impl Queued {
+    /// Decodes a buffered entry as the store holds it: `(position, entry)`, in this format or
+    /// the one before `sole_line`.
+    pub fn decode_stored(bytes: &[u8]) -> Result<(Position, Queued), FormatError> {
+        let error = match format::decode::<(Position, Queued)>(bytes) {
+            Ok(stored) => return Ok(stored),
+            Err(error) => error,
+        };
+        let (position, old) =
+            format::decode::<(Position, QueuedBeforeSoleLine)>(bytes).map_err(|_| error)?;
+        let entry = match old {
+            QueuedBeforeSoleLine::Reserve {
+                reply_partition,
+                command,
+            } => Queued::Reserve {
+                reply_partition,
+                command,
+                sole_line: false,
+            },
+            QueuedBeforeSoleLine::Adjustment(adjustment) => Queued::Adjustment(adjustment),
+        };
+        Ok((position, entry))
+    }
 }
 
 impl Queued {
@@ -185,6 +224,66 @@ mod tests {
             offset,
             line: 0,
         }
+    }
+
+    /// The formats before `sole_line`, as a store or topic written by that build holds them.
+    #[derive(Serialize)]
+    enum OldQueued {
+        Reserve {
+            reply_partition: i32,
+            command: LineCommand,
+        },
+    }
+
+    #[derive(Serialize)]
+    struct OldEnvelope {
+        reply_partition: i32,
+        command: LineCommand,
+        position: Option<Position>,
+    }
+
+    fn reserve() -> LineCommand {
+        LineCommand::Reserve {
+            order_id: "o-1".into(),
+            line: 0,
+            sku: "SKU-1".into(),
+            quantity: 2,
+        }
+    }
+
+    #[test]
+    fn entries_and_commands_from_before_sole_line_still_decode_as_held_reserves() {
+        let stored = format::encode(&(
+            at(5, 0, 1),
+            OldQueued::Reserve {
+                reply_partition: 3,
+                command: reserve(),
+            },
+        ));
+        let expected = Queued::Reserve {
+            reply_partition: 3,
+            command: reserve(),
+            sole_line: false,
+        };
+        assert_eq!(
+            Queued::decode_stored(&stored).expect("decodes"),
+            (at(5, 0, 1), expected.clone())
+        );
+        let now = format::encode(&(at(5, 0, 1), &expected));
+        assert_eq!(Queued::decode_stored(&now).expect("decodes").1, expected);
+
+        let sent = format::encode(&OldEnvelope {
+            reply_partition: 3,
+            command: reserve(),
+            position: Some(at(5, 0, 1)),
+        });
+        let Ok(crate::topology::LinesRecord::Command(envelope)) =
+            crate::topology::LinesRecord::decode(Some(b"SKU-1"), &sent)
+        else {
+            panic!("a command");
+        };
+        assert_eq!(envelope.position, Some(at(5, 0, 1)));
+        assert!(!envelope.sole_line, "held, as its build would have held it");
     }
 
     #[test]

@@ -147,9 +147,20 @@ pub struct CommandEnvelope {
     /// A reserve's place in the canonical order (event-time mode; `None` in arrival mode and
     /// for releases and confirms).
     pub position: Option<Position>,
+    /// A reserve of an order's only line (event-time mode): reserved, its order is confirmed,
+    /// so it leaves no pending hold for later reserves to wait on.
+    pub sole_line: bool,
 }
 
-/// The envelope before positions existed (records in flight across an upgrade).
+/// The envelope before `sole_line` (records in flight across an upgrade).
+#[derive(Deserialize)]
+struct PositionedEnvelope {
+    reply_partition: i32,
+    command: LineCommand,
+    position: Option<Position>,
+}
+
+/// The envelope before positions existed.
 #[derive(Deserialize)]
 struct LegacyEnvelope {
     reply_partition: i32,
@@ -205,17 +216,25 @@ impl LinesRecord {
         if key.is_none_or(<[u8]>::is_empty) {
             return format::decode(value).map(LinesRecord::Watermark);
         }
-        match format::decode::<CommandEnvelope>(value) {
-            Ok(envelope) => Ok(LinesRecord::Command(envelope)),
-            Err(error) => match format::decode::<LegacyEnvelope>(value) {
-                Ok(old) => Ok(LinesRecord::Command(CommandEnvelope {
-                    reply_partition: old.reply_partition,
-                    command: old.command,
-                    position: None,
-                })),
-                Err(_) => Err(error),
+        // The newest envelope first: an older one is shorter, so it fails at its end.
+        let error = match format::decode::<CommandEnvelope>(value) {
+            Ok(envelope) => return Ok(LinesRecord::Command(envelope)),
+            Err(error) => error,
+        };
+        let (reply_partition, command, position) = match format::decode::<PositionedEnvelope>(value)
+        {
+            Ok(old) => (old.reply_partition, old.command, old.position),
+            Err(_) => match format::decode::<LegacyEnvelope>(value) {
+                Ok(old) => (old.reply_partition, old.command, None),
+                Err(_) => return Err(error),
             },
-        }
+        };
+        Ok(LinesRecord::Command(CommandEnvelope {
+            reply_partition,
+            command,
+            position,
+            sole_line: false,
+        }))
     }
 }
 

@@ -259,6 +259,11 @@ impl Orders {
             ctx.put_value(w.orders_store, order_id.as_bytes(), record);
         }
         let reply_partition = ctx.task().partition;
+        let reserves = decision
+            .commands
+            .iter()
+            .filter(|c| matches!(c, LineCommand::Reserve { .. }))
+            .count();
         for command in decision.commands {
             let position = match &command {
                 LineCommand::Reserve { line, .. } => {
@@ -269,10 +274,14 @@ impl Orders {
                 LineCommand::Release { .. } | LineCommand::Confirm { .. } => None,
             };
             let sku = command.sku().to_owned();
+            // A new order's reserves are all sent together: one is its only line. (Its confirm
+            // is still sent: a reserve sent before `sole_line` existed left a hold.)
+            let sole_line = position.is_some() && reserves == 1;
             let envelope = CommandEnvelope {
                 reply_partition,
                 command,
                 position,
+                sole_line,
             };
             ctx.send(
                 w.line_commands,
@@ -352,7 +361,7 @@ impl Processor for Inventory {
         // Entries that waited before the restart wait again once the frontier passes them:
         // the queues are rebuilt in canonical order, as they were.
         for (_, bytes) in ctx.scan(store, keys::QUEUED_PREFIX)? {
-            let (position, entry): (Position, Queued) = decode_stored(&bytes)?;
+            let (position, entry) = Queued::decode_stored(&bytes).map_err(ProcessError::fatal)?;
             self.merge.buffer.insert(position, entry);
         }
         for (_, bytes) in ctx.scan(store, keys::HOLD_PREFIX.as_bytes())? {
@@ -528,6 +537,7 @@ impl Inventory {
                     let entry = Queued::Reserve {
                         reply_partition: envelope.reply_partition,
                         command: envelope.command,
+                        sole_line: envelope.sole_line,
                     };
                     self.enqueue(ctx, position, entry);
                     self.drain(ctx)
@@ -614,6 +624,7 @@ impl Inventory {
             Queued::Reserve {
                 reply_partition,
                 command,
+                sole_line,
             } => {
                 let (order_id, line) = command.order_line();
                 let sku = command.sku();
@@ -638,8 +649,10 @@ impl Inventory {
                     reply_partition: *reply_partition,
                     command: command.clone(),
                     position: Some(position),
+                    sole_line: *sole_line,
                 };
-                if self.command(ctx, envelope)? {
+                // An only line, reserved, is its order confirmed: nothing pending to hold.
+                if self.command(ctx, envelope)? && !sole_line {
                     let hold = Hold {
                         sku: sku.to_owned(),
                         quantity: *quantity,
