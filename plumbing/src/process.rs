@@ -6,13 +6,18 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-/// Logs to stderr, filtered by `RUST_LOG`, else by `default` (e.g. `info,rdkafka=off`).
+/// Logs to stderr, filtered by `RUST_LOG`, else by `default` (e.g. `info,rdkafka=off`); in
+/// colour only on a terminal (and not with `NO_COLOR`), so that a log redirected to a file or
+/// a pipe is plain text that `grep ' ERROR '` finds.
 pub fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 

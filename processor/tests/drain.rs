@@ -50,6 +50,13 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
         status.is_some_and(|s| s.success()),
         "exits 0 within 30 s of SIGTERM: {status:?}"
     );
+    let logged = processor.log_lines("");
+    assert!(!logged.is_empty(), "its log was captured");
+    let coloured: Vec<&String> = logged.iter().filter(|l| l.contains('\u{1b}')).collect();
+    assert!(
+        coloured.is_empty(),
+        "a log written to a pipe has no escape codes: {coloured:?}"
+    );
     assert_eq!(aborted, 0.0, "no transaction aborted before the signal");
 
     // Nothing is left open: on every topic it writes, the last stable offset is the end.
