@@ -14,7 +14,10 @@ use processor::runtime::driver::{DriverConfig, DriverStats, TopologyTestDriver};
 use processor::runtime::format;
 use processor::topology::inventory::{SkuRecord, keys};
 use processor::topology::serial::{self, Decision};
-use processor::topology::{DecisionOrder, INVENTORY, INVENTORY_STORE};
+use processor::topology::{
+    CommandEnvelope, DecisionOrder, INVENTORY, INVENTORY_STORE, LineCommand, LineOutcome,
+    LineResult, LinesRecord,
+};
 use proptest::prelude::*;
 use schemas::{OrderConfirmed, OrderRejected};
 
@@ -174,4 +177,70 @@ fn a_burst_on_scarce_stock_rejects_no_order_for_a_doomed_orders_hold() {
         crashes += stats.crashes;
     }
     assert!(crashes > 0, "some runs crashed");
+}
+
+/// The confirms on the order-lines topic, as (order id, line).
+fn confirms(driver: &TopologyTestDriver) -> BTreeSet<(String, u32)> {
+    driver
+        .read("app-order-lines-repartition")
+        .into_iter()
+        .filter_map(|r| {
+            match LinesRecord::decode(r.key.as_deref(), r.value.as_deref().unwrap_or_default()) {
+                Ok(LinesRecord::Command(CommandEnvelope {
+                    command: LineCommand::Confirm { order_id, line, .. },
+                    ..
+                })) => Some((order_id, line)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Runs until every order in `ids` is decided and no hold or entry is pending.
+fn settle(world: &World, driver: &mut TopologyTestDriver, ids: &[&str]) {
+    for _ in 0..500 {
+        assert!(driver.run(100_000).expect("runs"), "the run settles");
+        let decided = decisions(world, driver);
+        if ids.iter().all(|id| decided.contains_key(*id)) && inventory(driver).1 == 0 {
+            return;
+        }
+        driver.advance(20).expect("the clock moves");
+    }
+    panic!("stuck: {:?}", driver.stats());
+}
+
+#[test]
+fn an_only_line_is_confirmed_only_when_its_inventory_task_kept_a_hold() {
+    let world = World::new();
+    let mut driver = world.driver_deciding(DriverConfig::default(), EVENT_TIME);
+    pipe_inputs(&world, &mut driver, &[10, 10], &[], &[1]);
+    // One line: reserved with no hold, so no confirm. Two lines: both held, both confirmed.
+    let (_, single) = world.order("single", &[(0, 1)], 2_000);
+    driver.pipe("orders", Some(b"single"), &single, 2_000);
+    let (_, double) = world.order("double", &[(0, 1), (1, 1)], 2_001);
+    driver.pipe("orders", Some(b"double"), &double, 2_001);
+    settle(&world, &mut driver, &["single", "double"]);
+    let expected = BTreeSet::from([("double".to_owned(), 0), ("double".to_owned(), 1)]);
+    assert_eq!(confirms(&driver), expected);
+
+    // A result in the format before `hold` (a build that held every reserved line) answers
+    // the only line first: the order is confirmed with a confirm, as that build needs.
+    let (_, old) = world.order("old", &[(0, 1)], 3_000);
+    let (partition, _) = driver.pipe("orders", Some(b"old"), &old, 3_000);
+    let result = LineResult {
+        order_id: "old".into(),
+        line: 0,
+        outcome: LineOutcome::Reserved,
+    };
+    let topic = "app-line-results-repartition";
+    driver.pipe_to(
+        topic,
+        partition,
+        Some(b"old"),
+        &format::encode(&result),
+        3_001,
+    );
+    settle(&world, &mut driver, &["old"]);
+    assert!(confirms(&driver).contains(&("old".to_owned(), 0)));
+    assert_eq!(decisions(&world, &driver)["old"], vec![Decision::Confirmed]);
 }

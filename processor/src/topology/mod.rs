@@ -185,10 +185,20 @@ pub struct WatermarkRequest {
     pub position: Position,
 }
 
+/// The record on the line-results repartition topic: a line's result, and whether its reserve
+/// left a pending hold (event-time mode) that the order's confirm must settle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultEnvelope {
+    pub result: LineResult,
+    /// False when the inventory task kept no hold: an order's only line, reserved (its order
+    /// is confirmed, nothing to settle), or any line decided in arrival mode.
+    pub hold: bool,
+}
+
 /// What a record of the line-results topic carries.
 #[derive(Debug, Clone)]
 pub enum ResultsRecord {
-    Result(LineResult),
+    Result(ResultEnvelope),
     Request(WatermarkRequest),
 }
 
@@ -196,9 +206,18 @@ impl ResultsRecord {
     /// Decodes a line-results record: an empty key is a request, any other a result.
     pub fn decode(key: Option<&[u8]>, value: &[u8]) -> Result<Self, FormatError> {
         if key.is_none_or(<[u8]>::is_empty) {
-            format::decode(value).map(ResultsRecord::Request)
-        } else {
-            format::decode(value).map(ResultsRecord::Result)
+            return format::decode(value).map(ResultsRecord::Request);
+        }
+        // The newest first; a bare `LineResult` (the format before `hold`) is one byte shorter,
+        // so it fails at its end. Its build kept a hold for every reserved line in event-time
+        // mode, so it reads as held.
+        let error = match format::decode::<ResultEnvelope>(value) {
+            Ok(envelope) => return Ok(ResultsRecord::Result(envelope)),
+            Err(error) => error,
+        };
+        match format::decode::<LineResult>(value) {
+            Ok(result) => Ok(ResultsRecord::Result(ResultEnvelope { result, hold: true })),
+            Err(_) => Err(error),
         }
     }
 }
@@ -418,6 +437,31 @@ mod format_tests {
             quantity: 5,
         };
         assert_eq!(decode::<LineCommand>(&encode(&command)), Ok(command));
+    }
+
+    #[test]
+    fn a_result_from_before_hold_reads_as_held_and_the_new_one_still_reads_as_old() {
+        use crate::topology::{LineResult, ResultEnvelope, ResultsRecord};
+        let result = LineResult {
+            order_id: "o-1".into(),
+            line: 0,
+            outcome: LineOutcome::Reserved,
+        };
+        let decoded = |bytes: &[u8]| match ResultsRecord::decode(Some(b"o-1"), bytes) {
+            Ok(ResultsRecord::Result(envelope)) => envelope,
+            other => panic!("a result, not {other:?}"),
+        };
+        // A build before `hold` kept a hold for every reserve: its result reads as held.
+        let old = decoded(&encode(&result));
+        assert_eq!((old.result, old.hold), (result.clone(), true));
+        let new = ResultEnvelope {
+            result: result.clone(),
+            hold: false,
+        };
+        assert_eq!(decoded(&encode(&new)), new);
+        // ...and a build before `hold` reads the new record as the result it knows.
+        assert_eq!(decode::<LineResult>(&encode(&new)), Ok(result));
+        assert!(ResultsRecord::decode(Some(b"o-1"), &[1, 200]).is_err());
     }
 
     #[test]

@@ -19,8 +19,8 @@ use super::event_time::{Merge, PartitionTime, Queued, WATERMARK_INTERVAL};
 use super::inventory::{self, Hold, InventoryDecision, keys};
 use super::order::{self, OrderDecision, OrderRecord, Outcome};
 use super::{
-    Change, CommandEnvelope, LineCommand, LinesRecord, Position, ResultsRecord, Watermark,
-    WatermarkRequest, Wiring,
+    Change, CommandEnvelope, LineCommand, LinesRecord, Position, ResultEnvelope, ResultsRecord,
+    Watermark, WatermarkRequest, Wiring,
 };
 use crate::metrics::Metrics;
 use crate::runtime::format;
@@ -192,8 +192,8 @@ impl Processor for Orders {
             self.apply(ctx, &order_id, decision, position)
         } else {
             let value = record.value.unwrap_or_default();
-            let result = match ResultsRecord::decode(record.key, value) {
-                Ok(ResultsRecord::Result(result)) => result,
+            let ResultEnvelope { result, hold } = match ResultsRecord::decode(record.key, value) {
+                Ok(ResultsRecord::Result(envelope)) => envelope,
                 Ok(ResultsRecord::Request(request)) => {
                     self.requested = self.requested.max(Some(request.position));
                     self.sent = None; // the asker may have restarted: send even if unchanged
@@ -203,7 +203,15 @@ impl Processor for Orders {
             };
             let order_id = result.order_id.clone();
             let existing: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
-            let decision = order::on_line_result(existing, result, ctx.wall_clock());
+            let mut decision = order::on_line_result(existing, result, ctx.wall_clock());
+            // An only line that kept no hold has nothing for a confirm to settle. (A line of a
+            // longer order always keeps one, whichever line's result completes the order.)
+            let sole_line = decision.record.as_ref().is_some_and(|r| r.lines.len() == 1);
+            if sole_line && !hold {
+                decision
+                    .commands
+                    .retain(|c| !matches!(c, LineCommand::Confirm { .. }));
+            }
             self.apply(ctx, &order_id, decision, None)
         }
     }
@@ -275,7 +283,8 @@ impl Orders {
             };
             let sku = command.sku().to_owned();
             // A new order's reserves are all sent together: one is its only line. (Its confirm
-            // is still sent: a reserve sent before `sole_line` existed left a hold.)
+            // is sent only if the inventory task says it kept a hold, as builds before
+            // `sole_line` did.)
             let sole_line = position.is_some() && reserves == 1;
             let envelope = CommandEnvelope {
                 reply_partition,
@@ -389,7 +398,9 @@ impl Processor for Inventory {
         } else {
             let value = record.value.unwrap_or_default();
             match LinesRecord::decode(record.key, value) {
-                Ok(LinesRecord::Command(envelope)) => self.command(ctx, envelope).map(|_| ()),
+                Ok(LinesRecord::Command(envelope)) => {
+                    self.command(ctx, envelope, false).map(|_| ())
+                }
                 Ok(LinesRecord::Watermark(_)) => Ok(()), // sent while in event-time mode
                 Err(error) => ctx.dead_letter("undecodable", &error.to_string()),
             }
@@ -460,11 +471,13 @@ impl Inventory {
     }
 
     /// Applies a line command (arrival mode, a release or confirm, or a reserve's turn in the
-    /// merge); whether it reserved.
+    /// merge); whether it reserved. `hold`: a reserve's result says that its line keeps a
+    /// pending hold if reserved (the caller keeps it), so the order's confirm must settle it.
     fn command(
         &self,
         ctx: &mut dyn TaskContext,
         envelope: CommandEnvelope,
+        hold: bool,
     ) -> Result<bool, ProcessError> {
         let store = self.wiring.inventory_store;
         let (order_id, line) = envelope.command.order_line();
@@ -473,17 +486,17 @@ impl Inventory {
         let reservation_key = keys::reservation(&order_id, line);
         let sku_record = ctx.get_value(store, keys::sku(&sku).as_bytes())?;
         let reservation = ctx.get_value(store, reservation_key.as_bytes())?;
-        let decision = inventory::on_command(
+        let mut decision = inventory::on_command(
             sku_record.as_ref(),
             reservation.as_ref(),
             envelope.command,
             ctx.wall_clock(),
         );
-        if let Some(result) = &decision.result {
+        if let Some(result) = decision.result.take() {
             ctx.send(
                 self.wiring.line_results,
                 order_id.as_bytes(),
-                &format::encode(result),
+                &format::encode(&ResultEnvelope { result, hold }),
                 Some(envelope.reply_partition),
             )?;
         }
@@ -543,7 +556,9 @@ impl Inventory {
                     self.drain(ctx)
                 }
                 // Sent in arrival mode (before a switch): decided as it arrives.
-                (LineCommand::Reserve { .. }, None) => self.command(ctx, envelope).map(|_| ()),
+                (LineCommand::Reserve { .. }, None) => {
+                    self.command(ctx, envelope, false).map(|_| ())
+                }
                 (LineCommand::Release { .. } | LineCommand::Confirm { .. }, _) => {
                     self.settle(ctx, envelope)
                 }
@@ -652,7 +667,7 @@ impl Inventory {
                     sole_line: *sole_line,
                 };
                 // An only line, reserved, is its order confirmed: nothing pending to hold.
-                if self.command(ctx, envelope)? && !sole_line {
+                if self.command(ctx, envelope, !sole_line)? && !sole_line {
                     let hold = Hold {
                         sku: sku.to_owned(),
                         quantity: *quantity,
@@ -699,7 +714,7 @@ impl Inventory {
         let hold_key = keys::hold(order_id, line);
         let sku = envelope.command.sku().to_owned();
         let hold: Option<Hold> = ctx.get_value(store, hold_key.as_bytes())?;
-        self.command(ctx, envelope)?;
+        self.command(ctx, envelope, false)?;
         if let Some(hold) = hold {
             ctx.delete(store, hold_key.as_bytes());
             self.merge.settle(&hold.sku, hold.quantity);
