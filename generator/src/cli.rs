@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use plumbing::connection::ConnectionArgs;
+use plumbing::process::LogArgs;
 use schemas::cli::SchemasCommand;
 
 /// Publishes Stockflow's inputs: the catalog's initial stock and a stream of orders.
@@ -13,6 +14,9 @@ use schemas::cli::SchemasCommand;
 pub struct Cli {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
