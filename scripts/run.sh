@@ -2,9 +2,14 @@
 # Brings everything up and runs the system: installs the build dependencies, starts the local
 # stack (Kafka, schema registry, PostgreSQL, Prometheus on 127.0.0.1), builds the binaries,
 # registers the schemas, seeds the catalog, starts the processor in the background and sends
-# orders in the foreground until Ctrl-C. Watch the outcomes from another terminal with
+# orders in the foreground until Ctrl-C, restocking the catalog as they sell, so that the shop
+# keeps trading (a steady mix of confirmations and rejections) for as long as it runs. Watch
+# the outcomes from another terminal with
 #   target/release/processor tail      (or: $CARGO_TARGET_DIR/release/processor tail)
-# Environment: RATE (orders/s, default 200), SKUS (synthetic SKUs, default 100).
+# Environment: RATE (orders/s, default 200), SKUS (synthetic SKUs, default 100), RESTOCK_EVERY
+# (default 5s), RESTOCK_FACTOR (share of the expected demand each restock brings, default 0.9),
+# SEED (of the orders; default: a new one each run, since the processor decides an order id
+# once), STOCKFLOW_LOG_FORMAT (text or json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +17,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stockflow/target}"
 STOCKFLOW_HOME="${STOCKFLOW_HOME:-$HOME/.cache/stockflow}"
 RATE="${RATE:-200}"
 SKUS="${SKUS:-100}"
+RESTOCK_EVERY="${RESTOCK_EVERY:-5s}"
+RESTOCK_FACTOR="${RESTOCK_FACTOR:-0.9}"
+SEED="${SEED:-$(date +%s)}"
 
 scripts/build-deps.sh
 scripts/stack.sh start
@@ -34,5 +42,7 @@ trap 'kill -TERM "$processor_pid" 2>/dev/null; wait "$processor_pid" 2>/dev/null
 echo "run: processor started (pid $processor_pid), log: $STOCKFLOW_HOME/logs/processor.log"
 echo "run: metrics http://127.0.0.1:9400/metrics, Prometheus $PROMETHEUS_URL"
 echo "run: watch outcomes with: $bin/processor tail"
-echo "run: sending $RATE orders/s until Ctrl-C"
-"$bin/generator" run --synthetic-skus "$SKUS" --rate "$RATE" --lines-max 3 --duplicate-rate 0.01 --invalid-rate 0.01
+echo "run: sending $RATE orders/s (seed $SEED), restocking every $RESTOCK_EVERY, until Ctrl-C"
+"$bin/generator" run --synthetic-skus "$SKUS" --rate "$RATE" --seed "$SEED" --lines-max 3 \
+    --duplicate-rate 0.01 --invalid-rate 0.01 \
+    --restock-every "$RESTOCK_EVERY" --restock-factor "$RESTOCK_FACTOR"

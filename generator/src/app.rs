@@ -7,13 +7,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use plumbing::connection::ConnectionArgs;
 use schemas::cli::run_schemas_command;
-use schemas::{OrderCreated, OrderLine, now_millis};
+use schemas::{AdjustmentMode, InventoryAdjusted, OrderCreated, OrderLine, now_millis};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{catalog, initial_stock};
-use crate::cli::{Cli, Command, OrderArgs, RunArgs, SeedArgs};
+use crate::catalog::{adjustment, catalog, initial_stock};
+use crate::cli::{AdjustArgs, Cli, Command, OrderArgs, RunArgs, SeedArgs};
 use crate::publish::{Delivered, Publisher};
+use crate::restock::Restocker;
 use crate::traffic::{OrderKind, OrderStream, TrafficShape};
+
+/// Partitions of the input topics when `order` or `adjust` creates them (the processor's
+/// default).
+const PARTITIONS: i32 = 6;
 
 /// What `generator run` published.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,6 +27,9 @@ pub struct RunSummary {
     pub valid: u64,
     pub invalid: u64,
     pub duplicates: u64,
+    /// Restock adjustments published (`--restock-every`), and the units they brought.
+    pub restocks: u64,
+    pub restocked_units: u64,
     pub delivered: Delivered,
     pub elapsed: Duration,
 }
@@ -31,15 +39,25 @@ impl std::fmt::Display for RunSummary {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         write!(
             f,
-            "orders published: {} (valid {}, invalid {}, duplicates {}) in {:.1}s, {:.0}/s; acknowledged {}, failed {}",
+            "orders published: {} (valid {}, invalid {}, duplicates {}) in {:.1}s, {:.0}/s; ",
             self.sent,
             self.valid,
             self.invalid,
             self.duplicates,
             secs,
             self.sent as f64 / secs,
-            self.delivered.acknowledged,
-            self.delivered.failed
+        )?;
+        if self.restocks > 0 {
+            write!(
+                f,
+                "restocks published: {} ({} units); ",
+                self.restocks, self.restocked_units
+            )?;
+        }
+        write!(
+            f,
+            "acknowledged {}, failed {}",
+            self.delivered.acknowledged, self.delivered.failed
         )
     }
 }
@@ -62,6 +80,17 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<()> {
         Command::Run(args) => {
             let summary = run_orders(&cli.connection, args, shutdown).await?;
             println!("{summary}");
+        }
+        Command::Adjust(args) => {
+            let adjusted = adjust(&cli.connection, args).await?;
+            let change = match adjusted.mode {
+                AdjustmentMode::Delta => format!("by {:+}", adjusted.quantity),
+                AdjustmentMode::Absolute => format!("to {}", adjusted.quantity),
+            };
+            println!(
+                "adjusted {} {change} ({:?}), adjustment id {}",
+                adjusted.sku, adjusted.reason, adjusted.adjustment_id
+            );
         }
         Command::Order(args) => {
             let order = send_order(&cli.connection, args).await?;
@@ -108,12 +137,32 @@ pub async fn run_orders(
         "rate must be >= 0, got {}",
         args.rate
     );
-    let mut stream = OrderStream::new(catalog(args.catalog.synthetic_skus, 0), shape)?;
+    let products = catalog(args.catalog.synthetic_skus, 0);
+    // Planned before connecting, so that a bad factor needs no Kafka to be refused.
+    let mut restocks = match args.restock_every {
+        Some(every) => Some(Restocks {
+            every,
+            next: Instant::now() + every, // from the run's start, below
+            orders_before: 0,
+            restocker: Restocker::new(
+                products.clone(),
+                &shape,
+                args.restock_factor,
+                format!("{}-{}", args.seed, now_millis()),
+            )?,
+        }),
+        None => None,
+    };
+    let mut stream = OrderStream::new(products, shape)?;
     let mut publisher = Publisher::connect(connection, args.catalog.partitions).await?;
-    let topic = connection.topics().orders;
+    let topics = connection.topics();
+    let topic = topics.orders;
     let mut progress = Progress::new();
     let mut summary = RunSummary::default();
     let started = Instant::now();
+    if let Some(restocks) = &mut restocks {
+        restocks.next = started + restocks.every;
+    }
     loop {
         if args.count.is_some_and(|count| summary.sent >= count)
             || args.duration.is_some_and(|d| started.elapsed() >= d)
@@ -121,13 +170,31 @@ pub async fn run_orders(
         {
             break;
         }
+        if let Some(restocks) = restocks.as_mut().filter(|r| r.next <= Instant::now()) {
+            let orders = summary.sent - restocks.orders_before;
+            restocks.orders_before = summary.sent;
+            for restock in restocks.restocker.restock(orders, now_millis()) {
+                publisher
+                    .send(&topics.inventory_adjustments, &restock)
+                    .await?;
+                summary.restocks += 1;
+                summary.restocked_units += u64::try_from(restock.quantity).unwrap_or(0);
+            }
+            // A period missed (a stalled broker) is skipped: the next restock owes its orders.
+            while restocks.next <= Instant::now() {
+                restocks.next += restocks.every;
+            }
+            continue;
+        }
         if args.rate > 0.0 {
             let due = started + Duration::from_secs_f64(summary.sent as f64 / args.rate);
-            if due > Instant::now() + Duration::from_millis(1) {
+            let wake = restocks.as_ref().map_or(due, |r| due.min(r.next));
+            if wake > Instant::now() + Duration::from_millis(1) {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = tokio::time::sleep_until(wake.into()) => {}
                     _ = shutdown.cancelled() => break,
                 }
+                continue;
             }
         }
         let (kind, order) = stream.next_order(now_millis());
@@ -144,6 +211,38 @@ pub async fn run_orders(
     summary.elapsed = started.elapsed();
     progress.done();
     Ok(summary)
+}
+
+/// When `run` restocks next, and what.
+struct Restocks {
+    every: Duration,
+    next: Instant,
+    /// Orders sent before the last restock.
+    orders_before: u64,
+    restocker: Restocker,
+}
+
+/// Publishes one adjustment built from the command line, and returns it.
+pub async fn adjust(
+    connection: &ConnectionArgs,
+    args: &AdjustArgs,
+) -> anyhow::Result<InventoryAdjusted> {
+    let now = now_millis();
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("adjust-{}-{now}-{:08x}", args.sku, rand::random::<u32>()));
+    // Checked before connecting: a slip needs no Kafka to be refused.
+    let adjusted = adjustment(id, &args.sku, args.change(), args.reason(), now)?;
+    let mut publisher = Publisher::connect(connection, PARTITIONS).await?;
+    publisher
+        .send(&connection.topics().inventory_adjustments, &adjusted)
+        .await?;
+    publisher
+        .finish()
+        .await
+        .context("publishing the adjustment")?;
+    Ok(adjusted)
 }
 
 /// Publishes one order built from the command line.
@@ -178,7 +277,7 @@ pub async fn send_order(
         currency: "EUR".to_owned(),
         lines,
     };
-    let mut publisher = Publisher::connect(connection, 6).await?;
+    let mut publisher = Publisher::connect(connection, PARTITIONS).await?;
     publisher.send(&connection.topics().orders, &order).await?;
     publisher.finish().await.context("publishing the order")?;
     Ok(order)

@@ -3,16 +3,24 @@
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use plumbing::connection::ConnectionArgs;
+use plumbing::process::LogArgs;
+use schemas::AdjustmentReason;
 use schemas::cli::SchemasCommand;
 
-/// Publishes Stockflow's inputs: the catalog's initial stock and a stream of orders.
+use crate::catalog::StockChange;
+
+/// Publishes Stockflow's inputs: the catalog's initial stock, a stream of orders, and stock
+/// adjustments.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "generator", version, about)]
 pub struct Cli {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +37,8 @@ pub enum Command {
     Run(RunArgs),
     /// Publish one order with the given lines (for trying things by hand).
     Order(OrderArgs),
+    /// Publish one InventoryAdjusted for a SKU: add stock (`--delta`) or set it (`--set`).
+    Adjust(AdjustArgs),
 }
 
 /// The catalog both `seed` and `run` draw from.
@@ -93,6 +103,89 @@ pub struct RunArgs {
     /// Share of orders that are invalid (no lines, quantity <= 0, negative price), 0..1.
     #[arg(long, default_value_t = 0.0)]
     pub invalid_rate: f64,
+
+    /// Restock while orders flow: every DURATION (e.g. `5s`), each SKU gets RESTOCK_FACTOR
+    /// times the units the orders sent meanwhile are expected to take from it. Off by default.
+    #[arg(long, value_name = "DURATION", value_parser = parse_period)]
+    pub restock_every: Option<Duration>,
+
+    /// Share of the expected demand each restock brings: below 1, popular SKUs sell out shortly
+    /// before each restock (a mix of confirmations and rejections); 1 or more, they never do.
+    #[arg(
+        long,
+        value_name = "FACTOR",
+        default_value_t = 0.9,
+        requires = "restock_every"
+    )]
+    pub restock_factor: f64,
+}
+
+/// Parses a restock period: a humantime duration longer than zero.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let period = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if period.is_zero() {
+        return Err("the period must be longer than 0".to_owned());
+    }
+    Ok(period)
+}
+
+/// `generator adjust`: exactly one of `--delta` and `--set`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("change").required(true).args(["delta", "set"])))]
+pub struct AdjustArgs {
+    /// The SKU to adjust, e.g. `SKU-BT-MOUSE` or `SKU-000042` (any other SKU is a new product).
+    #[arg(long)]
+    pub sku: String,
+
+    /// Add N units to the available stock (a DELTA adjustment; negative takes units away, down
+    /// to zero, and needs `--reason correction`).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub delta: Option<i64>,
+
+    /// Set the available stock to N units, N >= 0 (an ABSOLUTE adjustment).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub set: Option<i64>,
+
+    /// Why: `restock` (goods arrived) or `correction` (a count was wrong). Default: restock
+    /// with `--delta`, correction with `--set`.
+    #[arg(long, value_enum)]
+    pub reason: Option<ReasonArg>,
+
+    /// The adjustment id (default: a fresh one). The processor applies a repeated id once.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+impl AdjustArgs {
+    /// The change asked for (clap's group guarantees one of the two).
+    pub fn change(&self) -> StockChange {
+        match (self.delta, self.set) {
+            (Some(delta), _) => StockChange::Delta(delta),
+            (None, Some(level)) => StockChange::Set(level),
+            (None, None) => unreachable!("invariant: clap requires --delta or --set"),
+        }
+    }
+
+    /// The reason given, or the default for the change.
+    pub fn reason(&self) -> AdjustmentReason {
+        match (self.reason, self.change()) {
+            (Some(ReasonArg::Restock), _) | (None, StockChange::Delta(_)) => {
+                AdjustmentReason::Restock
+            }
+            (Some(ReasonArg::Correction), _) | (None, StockChange::Set(_)) => {
+                AdjustmentReason::Correction
+            }
+        }
+    }
+}
+
+/// The reasons an adjustment by hand can give (INITIAL is `seed`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReasonArg {
+    /// Goods arrived.
+    Restock,
+    /// A count was wrong.
+    Correction,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -165,5 +258,57 @@ mod tests {
             Command::Run(run) => assert_eq!(run.duration, Some(Duration::from_secs(90))),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    fn adjust(args: &[&str]) -> Result<AdjustArgs, clap::Error> {
+        let mut argv = vec!["generator", "adjust"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Adjust(adjust) => adjust,
+            other => panic!("parsed as {other:?}"),
+        })
+    }
+
+    #[test]
+    fn adjust_takes_exactly_one_of_delta_and_set() {
+        let delta = adjust(&["--sku", "SKU-A", "--delta", "-3", "--reason", "correction"])
+            .expect("a negative delta parses");
+        assert_eq!(delta.change(), StockChange::Delta(-3));
+        assert_eq!(delta.reason(), AdjustmentReason::Correction);
+        let restock = adjust(&["--sku", "SKU-A", "--delta", "5"]).expect("parses");
+        assert_eq!(restock.reason(), AdjustmentReason::Restock);
+        let count = adjust(&["--sku", "SKU-A", "--set", "0"]).expect("parses");
+        assert_eq!(
+            (count.change(), count.reason()),
+            (StockChange::Set(0), AdjustmentReason::Correction)
+        );
+        let both = adjust(&["--sku", "SKU-A", "--delta", "1", "--set", "2"]).expect_err("both");
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let neither = adjust(&["--sku", "SKU-A"]).expect_err("neither");
+        assert_eq!(
+            neither.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let reason = adjust(&["--sku", "S", "--set", "1", "--reason", "initial"]).expect_err("");
+        assert_eq!(reason.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn restock_flags_parse() {
+        let parsed =
+            Cli::try_parse_from(["generator", "run", "--restock-every", "1500ms"]).expect("parses");
+        match parsed.command {
+            Command::Run(run) => {
+                assert_eq!(run.restock_every, Some(Duration::from_millis(1500)));
+                assert_eq!(run.restock_factor, 0.9);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["generator", "run", "--restock-every", "0s"]).is_err());
+        assert!(Cli::try_parse_from(["generator", "run", "--restock-every", "soon"]).is_err());
+        assert!(
+            Cli::try_parse_from(["generator", "run", "--restock-factor", "0.5"]).is_err(),
+            "a factor without a period"
+        );
     }
 }

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use clap::Parser;
-use generator::app::{run_orders, seed};
+use generator::app::{adjust, run_orders, seed};
 use generator::cli::{Cli, Command};
-use schemas::{AdjustmentReason, Codec, InventoryAdjusted, OrderCreated};
+use schemas::Topics;
+use schemas::{AdjustmentMode, AdjustmentReason, Codec, InventoryAdjusted, OrderCreated};
 use testkit::{Isolation, Record, read_at_least, stack, unique};
 use tokio_util::sync::CancellationToken;
 
@@ -228,6 +229,199 @@ async fn the_same_seed_publishes_the_same_orders() {
     assert_ne!(runs[0], runs[2], "seed 8 gives other orders");
 }
 
+#[tokio::test]
+async fn adjust_publishes_exactly_one_adjustment() {
+    let stack = stack().await;
+    let prefix = format!("{}-", unique("gen-adjust"));
+    let mut published = Vec::new();
+    for args in [
+        &["adjust", "--sku", "SKU-BT-MOUSE", "--delta", "5"][..],
+        &[
+            "adjust",
+            "--sku",
+            "SKU-NEW-THING",
+            "--set",
+            "3",
+            "--id",
+            "count-2026-12-01",
+        ][..],
+    ] {
+        let adjust_cli = cli(&prefix, args).await;
+        let Command::Adjust(adjust_args) = &adjust_cli.command else {
+            unreachable!("parsed as adjust")
+        };
+        published.push(
+            adjust(&adjust_cli.connection, adjust_args)
+                .await
+                .expect("adjusts"),
+        );
+    }
+    let topics = Topics::with_prefix(&prefix);
+    let codec = Codec::new(&stack.schema_registry_url, &topics).expect("codec");
+    let records = read_at_least(
+        &stack.bootstrap_servers,
+        &[topics.inventory_adjustments.as_str()],
+        Isolation::ReadCommitted,
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(records.len(), 2, "one record per adjust");
+    let mut read: Vec<InventoryAdjusted> = decode_all(&codec, &records).await;
+    read.sort_by(|a, b| a.sku.cmp(&b.sku));
+    let (restock, count) = (&read[0], &read[1]);
+    assert_eq!(
+        restock, &published[0],
+        "the record is the adjustment announced"
+    );
+    assert_eq!(
+        (restock.sku.as_str(), restock.mode, restock.quantity),
+        ("SKU-BT-MOUSE", AdjustmentMode::Delta, 5)
+    );
+    assert_eq!(restock.reason, AdjustmentReason::Restock);
+    assert!(
+        restock.adjustment_id.starts_with("adjust-SKU-BT-MOUSE-"),
+        "{}",
+        restock.adjustment_id
+    );
+    assert_eq!(restock.product_name.as_deref(), Some("Bluetooth Mouse"));
+    assert_eq!(restock.unit_price_cents, Some(1525));
+    assert_eq!(count, &published[1]);
+    assert_eq!(
+        (
+            count.adjustment_id.as_str(),
+            count.mode,
+            count.quantity,
+            count.reason
+        ),
+        (
+            "count-2026-12-01",
+            AdjustmentMode::Absolute,
+            3,
+            AdjustmentReason::Correction
+        )
+    );
+    assert_eq!(
+        (count.product_name.as_ref(), count.unit_price_cents),
+        (None, None)
+    );
+    for (record, adjusted) in records
+        .iter()
+        .zip(decode_all::<InventoryAdjusted>(&codec, &records).await)
+    {
+        assert_eq!(
+            record.key.as_deref(),
+            Some(adjusted.sku.as_bytes()),
+            "keyed by sku"
+        );
+    }
+}
+
+#[tokio::test]
+async fn run_restocks_every_period_while_orders_flow() {
+    let stack = stack().await;
+    let prefix = format!("{}-", unique("gen-restock"));
+    let run_cli = cli(
+        &prefix,
+        &[
+            "run",
+            "--rate",
+            "400",
+            "--duration",
+            "3500ms",
+            "--synthetic-skus",
+            "20",
+            "--restock-every",
+            "1s",
+            "--restock-factor",
+            "0.8",
+        ],
+    )
+    .await;
+    let Command::Run(run_args) = &run_cli.command else {
+        unreachable!("parsed as run")
+    };
+    let summary = run_orders(&run_cli.connection, run_args, CancellationToken::new())
+        .await
+        .expect("runs");
+    eprintln!("{summary}");
+    assert!(summary.restocks > 0, "{summary}");
+    assert_eq!(
+        summary.delivered.acknowledged,
+        summary.sent + summary.restocks,
+        "orders and restocks acknowledged"
+    );
+
+    let topics = run_cli.connection.topics();
+    let codec = Codec::new(&stack.schema_registry_url, &topics).expect("codec");
+    let deadline = Duration::from_secs(60);
+    let records = read_at_least(
+        &stack.bootstrap_servers,
+        &[topics.inventory_adjustments.as_str()],
+        Isolation::ReadCommitted,
+        summary.restocks as usize,
+        deadline,
+    )
+    .await;
+    assert_eq!(
+        records.len() as u64,
+        summary.restocks,
+        "exactly the restocks announced, read up to the high watermarks"
+    );
+    let restocks: Vec<InventoryAdjusted> = decode_all(&codec, &records).await;
+    let mut rounds = std::collections::BTreeSet::new();
+    let mut ids = std::collections::HashSet::new();
+    let mut units = 0;
+    for (record, restock) in records.iter().zip(&restocks) {
+        assert_eq!(record.key.as_deref(), Some(restock.sku.as_bytes()));
+        assert_eq!(
+            (restock.mode, restock.reason),
+            (AdjustmentMode::Delta, AdjustmentReason::Restock)
+        );
+        assert!(restock.quantity > 0, "{restock:?}");
+        assert!(restock.product_name.is_some() && restock.unit_price_cents.is_some());
+        assert!(ids.insert(restock.adjustment_id.clone()), "unique ids");
+        // restock-<seed>-<run start>-<round>-<sku>
+        let round = restock.adjustment_id.split('-').nth(3).expect("a round");
+        rounds.insert(round.to_owned());
+        units += restock.quantity;
+    }
+    assert_eq!(units as u64, summary.restocked_units);
+    assert_eq!(rounds.len(), 3, "one round a second for 3.5 s: {rounds:?}");
+    assert!(
+        restocks.iter().any(|r| r.sku == "SKU-KEYBOARD"),
+        "the most popular product is restocked"
+    );
+
+    // What the restocks brought is about 0.8 of what the orders before the last one asked for.
+    let orders = read_at_least(
+        &stack.bootstrap_servers,
+        &[topics.orders.as_str()],
+        Isolation::ReadCommitted,
+        summary.sent as usize,
+        deadline,
+    )
+    .await;
+    let orders: Vec<OrderCreated> = decode_all(&codec, &orders).await;
+    let last_restock = restocks
+        .iter()
+        .map(|r| r.adjusted_at)
+        .max()
+        .expect("restocks");
+    let asked: i64 = orders
+        .iter()
+        .filter(|o| o.created_at < last_restock)
+        .flat_map(|o| &o.lines)
+        .map(|l| i64::from(l.quantity))
+        .sum();
+    let share = units as f64 / asked as f64;
+    eprintln!("restocked {units} units for {asked} asked: {share:.2}");
+    assert!(
+        (0.6..1.0).contains(&share),
+        "{units} restocked, {asked} asked"
+    );
+}
+
 fn generator_binary(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_generator"))
         .args(args)
@@ -260,6 +454,47 @@ async fn bad_flags_and_unreachable_services_fail_with_one_clear_line() {
         stderr.contains("error: invalid rate must be between 0 and 1, got 2"),
         "{stderr}"
     );
+
+    // Adjustments that are surely slips are refused before connecting to anything.
+    for (args, expected) in [
+        (
+            &["adjust", "--sku", "SKU-A", "--delta", "0"][..],
+            "error: --delta 0 changes nothing",
+        ),
+        (
+            &["adjust", "--sku", "SKU-A", "--delta", "-2"][..],
+            "error: a restock adds stock: --delta must be positive, got -2",
+        ),
+        (
+            &["adjust", "--sku", "SKU-A", "--set", "-1"][..],
+            "error: --set must be 0 or more, got -1",
+        ),
+    ] {
+        let refused = generator_binary(args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+    }
+    for (args, expected) in [
+        (
+            &["adjust", "--sku", "SKU-A", "--delta", "1", "--set", "2"][..],
+            "cannot be used with",
+        ),
+        (&["adjust", "--sku", "SKU-A"][..], "--delta <N>|--set <N>"),
+        (
+            &["run", "--restock-every", "0s"][..],
+            "the period must be longer than 0",
+        ),
+    ] {
+        let usage = generator_binary(args);
+        assert!(!usage.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&usage.stderr);
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
 
     let no_kafka = generator_binary(&[
         "--schema-registry-url",

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use plumbing::connection::ConnectionArgs;
+use plumbing::process::LogArgs;
 use schemas::cli::SchemasCommand;
 
 use crate::runtime::guarantee::ProcessingGuarantee;
@@ -17,6 +18,9 @@ use crate::runtime::guarantee::ProcessingGuarantee;
 pub struct Cli {
     #[command(flatten)]
     pub connection: ConnectionArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,

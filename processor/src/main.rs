@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mimalloc::MiMalloc;
-use plumbing::process::{exit_code, init_tracing, one_line, shutdown_on_signals};
+use plumbing::process::{exit_code, init_tracing, report_error, shutdown_on_signals};
 use processor::cli::{Cli, Command};
 use schemas::cli::run_schemas_command;
 
@@ -14,7 +14,7 @@ static ALLOCATOR: MiMalloc = MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing("info,rdkafka=warn");
+    init_tracing("info,rdkafka=warn", cli.log.log_format);
     let shutdown = shutdown_on_signals();
     match &cli.command {
         Command::Run(args) => exit_code(processor::app::run(&cli.connection, args, shutdown).await),
@@ -41,13 +41,13 @@ async fn main() -> ExitCode {
 }
 
 /// Like diff(1): 0 when the run equals the clerk's, 1 when it differs, 2 (with one line
-/// `error: ...`) when the audit could not run.
+/// `error: ...`, or one JSON event under `--log-format json`) when the audit could not run.
 fn audit_exit_code(result: anyhow::Result<processor::audit::Report>) -> ExitCode {
     match result {
         Ok(report) if report.differences.is_empty() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(error) => {
-            eprintln!("error: {}", one_line(&error));
+            report_error(&error);
             ExitCode::from(2)
         }
     }

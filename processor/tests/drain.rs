@@ -1,12 +1,13 @@
 //! SIGTERM under load: the processor binary commits what it has in hand, leaves the group and
 //! exits 0; nothing it did is left in an open transaction or aborted, and its restart on the
-//! same state dir replays no changelog record and decides every order exactly once.
+//! same state dir replays no changelog record and decides every order exactly once. And what
+//! it logs on the way: plain text in a pipe, or JSON lines with `--log-format json`.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{MINUTE, World, per_order};
+use support::{MINUTE, World, per_order, processor_binary};
 use testkit::Isolation;
 use testkit::kafka::end_offsets;
 
@@ -137,5 +138,68 @@ async fn sigterm_under_load_commits_everything_and_exits_0() {
     assert!(
         updates.iter().all(|u| u.available_after >= 0),
         "stock never negative"
+    );
+}
+
+/// The fields every JSON log line has; panics naming the line if it is not one.
+fn json_event(line: &str) -> serde_json::Value {
+    let event: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+    for field in ["timestamp", "level", "target", "message"] {
+        assert!(event[field].is_string(), "no {field}: {line:?}");
+    }
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_writes_one_json_object_per_line() {
+    let world = World::new("jsonlog").await;
+    world.seed(4, 100).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut processor = world.spawn_processor("json", state.path(), &["--log-format", "json"]);
+    processor.wait_ready(MINUTE).await;
+    world.run_generator(50, &["--synthetic-skus", "4"]).await;
+    world.outcomes(50, MINUTE).await;
+    processor.signal("TERM");
+    let status = processor.wait_exit(MINUTE).await;
+    assert!(status.is_some_and(|s| s.success()), "exits 0: {status:?}");
+
+    let lines = processor.log_lines("");
+    assert!(lines.len() >= 3, "it logged its start and stop: {lines:?}");
+    let events: Vec<serde_json::Value> = lines.iter().map(|l| json_event(l)).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "task running" && e["task"].is_string()),
+        "events carry their fields as JSON fields: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "no escape codes in JSON"
+    );
+
+    // A failure is one JSON line too (an ERROR event), not a plain `error: ...` line.
+    let failed = std::process::Command::new(processor_binary())
+        .args([
+            "--bootstrap-servers",
+            "127.0.0.1:9",
+            "--topic-prefix",
+            "nowhere-",
+            "audit",
+        ])
+        .env("STOCKFLOW_LOG_FORMAT", "json")
+        .output()
+        .expect("the processor binary runs");
+    assert_eq!(failed.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    let event = json_event(lines[0]);
+    assert_eq!(event["level"], "ERROR", "{stderr}");
+    assert!(
+        event["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("error: Kafka at 127.0.0.1:9 is unreachable")),
+        "{stderr}"
     );
 }
