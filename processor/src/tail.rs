@@ -38,6 +38,12 @@ pub async fn tail(
 ) -> anyhow::Result<()> {
     let topics = connection.topics();
     let codec = Codec::new(&connection.schema_registry_url, &topics)?;
+    // Kafka is checked first with a plain metadata call: a stream consumer that finds no broker
+    // logs librdkafka's "all brokers down" up to hundreds of times before it gives up.
+    let ping = connection.client_config();
+    tokio::task::spawn_blocking(move || plumbing::admin::ping(&ping))
+        .await
+        .context("the Kafka check panicked")??;
     // Partitions are assigned, not subscribed: no consumer group is joined or left behind
     // (the group id only names the client; nothing is committed).
     let consumer: StreamConsumer = connection

@@ -174,3 +174,23 @@ async fn from_beginning_merges_the_topics_in_timestamp_order() {
     let status = child.wait().expect("processor tail exits");
     assert!(status.success(), "exits 0 after --limit lines: {status}");
 }
+
+#[test]
+fn an_unreachable_kafka_is_one_line_and_exit_code_1() {
+    // A stream consumer that finds no broker used to log librdkafka's "all brokers down" up to
+    // hundreds of times, in about one run of three: tried a few times.
+    for _ in 0..5 {
+        let failed = Command::new(processor_binary())
+            .args(["--bootstrap-servers", "127.0.0.1:9", "tail"])
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .output()
+            .expect("processor tail runs");
+        let stderr = String::from_utf8_lossy(&failed.stderr);
+        assert_eq!(failed.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with("error: Kafka at 127.0.0.1:9 is unreachable"),
+            "{stderr}"
+        );
+    }
+}
