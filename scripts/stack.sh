@@ -15,7 +15,10 @@
 #   env      export lines for the endpoints: eval "$(scripts/stack.sh env)"
 #   logs     the last lines of a service's log, e.g. scripts/stack.sh logs kafka -f
 #   psql     psql on the stockflow database (the read model), e.g. scripts/stack.sh psql -c '\dt'
-#   prune    delete the topics and read-model schemas that tests and benchmarks left behind
+#   prune    delete the topics and read-model schemas that tests and benchmarks left behind:
+#            only those under the reserved prefixes (topics stockflow-test-*, PostgreSQL schemas
+#            stockflow_test_*), which every test and benchmark name starts with; never name
+#            your own topics or schemas so
 #   clean    stop, then delete every service's data (the downloads are kept)
 #
 # Downloads are cached in $STOCKFLOW_HOME/downloads; each service's config, data, log and pid file
@@ -504,14 +507,19 @@ cmd_psql() {
 # and their read-model schemas t_... or bench_...; thousands of leftover partitions make
 # Kafka's start-up take minutes. The topics of `scripts/run.sh` (no number in the prefix) are
 # kept. (No comma in the topic pattern: Kafka's tools read one as |.)
+# The reserved prefixes of every name the tests and benchmarks make (testkit/src/names.rs):
+# prune deletes what starts with them, and nothing else.
+TEST_TOPIC_PREFIX=stockflow-test-
+TEST_SCHEMA_PREFIX=stockflow_test_
+
 cmd_prune() {
   kafka_port_open || die "kafka is not running (scripts/stack.sh start)"
   pg_running || die "postgres is not running (scripts/stack.sh start)"
-  say "deleting the topics and schemas of earlier test and benchmark runs"
+  say "deleting the topics ($TEST_TOPIC_PREFIX*) and schemas ($TEST_SCHEMA_PREFIX*) of earlier test and benchmark runs"
   "$SCRIPTS_DIR/kafka" topics --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --delete --if-exists \
-    --topic '[a-z0-9-]+-[0-9][0-9][0-9][0-9][0-9][0-9]+-.+'
+    --topic "${TEST_TOPIC_PREFIX}.+"
   "$PG_BIN/psql" "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning; DO \$\$ DECLARE s text; BEGIN
-    FOR s IN SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%' OR nspname LIKE 'bench\\_%' LOOP
+    FOR s IN SELECT nspname FROM pg_namespace WHERE starts_with(nspname::text, '$TEST_SCHEMA_PREFIX') LOOP
       EXECUTE format('DROP SCHEMA %I CASCADE', s);
     END LOOP; END \$\$;"
 }

@@ -64,6 +64,9 @@ impl Publisher {
         let topics: Topics = connection.topics();
         let registry = Registry::new(&connection.schema_registry_url)?;
         registry.ping().await?;
+        // Refused contracts are refused before a topic is created: a failed start leaves
+        // nothing behind (Kafka's reachability is checked before creating, in ensure_topics).
+        registry.check_all(&topics).await?;
         let config = connection.client_config();
         ensure_topics(
             &config,

@@ -431,11 +431,22 @@ fn generator_binary(args: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test]
-async fn bad_flags_and_unreachable_services_fail_with_one_clear_line() {
+async fn usage_errors_exit_2_and_failures_exit_1_with_one_clear_line() {
     let stack = stack().await;
+    // Usage errors (found while parsing) exit 2 with clap's message and usage.
     let bad_flag = generator_binary(&["run", "--rate", "fast"]);
-    assert!(!bad_flag.status.success());
+    assert_eq!(bad_flag.status.code(), Some(2), "{bad_flag:?}");
     assert!(String::from_utf8_lossy(&bad_flag.stderr).contains("invalid value 'fast'"));
+    let bogus = generator_binary(&["run", "--bogus-flag"]);
+    let stderr = String::from_utf8_lossy(&bogus.stderr);
+    assert_eq!(bogus.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: unexpected argument '--bogus-flag' found")
+            && stderr.contains("Usage: generator run"),
+        "{stderr}"
+    );
+
+    // Values that parse but make no sense are runtime failures: one line, exit code 1.
 
     let bad_share = generator_binary(&[
         "--schema-registry-url",
@@ -448,7 +459,7 @@ async fn bad_flags_and_unreachable_services_fail_with_one_clear_line() {
         "--invalid-rate",
         "2",
     ]);
-    assert!(!bad_share.status.success());
+    assert_eq!(bad_share.status.code(), Some(1), "{bad_share:?}");
     let stderr = String::from_utf8_lossy(&bad_share.stderr);
     assert!(
         stderr.contains("error: invalid rate must be between 0 and 1, got 2"),
@@ -488,7 +499,7 @@ async fn bad_flags_and_unreachable_services_fail_with_one_clear_line() {
         ),
     ] {
         let usage = generator_binary(args);
-        assert!(!usage.status.success(), "{args:?}");
+        assert_eq!(usage.status.code(), Some(2), "{args:?}: {usage:?}");
         let stderr = String::from_utf8_lossy(&usage.stderr);
         assert!(
             stderr.starts_with("error: ") && stderr.contains(expected),
@@ -503,7 +514,7 @@ async fn bad_flags_and_unreachable_services_fail_with_one_clear_line() {
         "127.0.0.1:9",
         "seed",
     ]);
-    assert!(!no_kafka.status.success());
+    assert_eq!(no_kafka.status.code(), Some(1), "{no_kafka:?}");
     let stderr = String::from_utf8_lossy(&no_kafka.stderr);
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one error line: {stderr}");
@@ -519,7 +530,7 @@ async fn bad_flags_and_unreachable_services_fail_with_one_clear_line() {
         &stack.bootstrap_servers,
         "seed",
     ]);
-    assert!(!no_registry.status.success());
+    assert_eq!(no_registry.status.code(), Some(1), "{no_registry:?}");
     let stderr = String::from_utf8_lossy(&no_registry.stderr);
     assert!(
         stderr.contains("error: schema registry at http://127.0.0.1:9 is unreachable"),

@@ -103,6 +103,13 @@ fn unreachable(bootstrap: &str, error: KafkaError) -> AdminError {
     }
 }
 
+/// Whether a broker answers: one metadata call, [`AdminError::Unreachable`] if none does
+/// within [`ADMIN_TIMEOUT`]. Creates nothing (a program checks every service it needs this way
+/// before it creates anything).
+pub fn ping(config: &ClientConfig) -> Result<(), AdminError> {
+    Cluster::connect(config)?.metadata().map(drop)
+}
+
 /// The partition count of every topic in `names` that exists (metadata of the whole cluster,
 /// one call). Fails with [`AdminError::Unreachable`] when no broker answers.
 pub fn partition_counts(

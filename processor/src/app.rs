@@ -1,5 +1,6 @@
-//! `processor run`, as a function of its config and a shutdown token: checks the services,
-//! prepares the schemas, topics and read-model tables, serves metrics, runs the engine on
+//! `processor run`, as a function of its config and a shutdown token: checks every service
+//! before it creates anything (so a failed start leaves nothing behind), then prepares the
+//! topics, schemas and read-model tables, serves metrics, runs the engine on
 //! `--num-stream-threads` threads of its own (each a member of the consumer group, with its own
 //! transactional producer) and the read model's sync beside them. Any of them failing (an
 //! engine's error or panic, the metrics server) cancels the root token, so everything stops
@@ -87,10 +88,29 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let order = args.decision_order()?;
     let topics = connection.topics();
+    let client = connection.client_config();
+    // Every service is checked before anything is created, so a start that fails (a service
+    // unreachable, a contract the registry refuses, the metrics port or the state dir taken)
+    // leaves no schema, topic or subject behind.
     let registry = Registry::new(&connection.schema_registry_url)?;
     registry.ping().await?;
-    let pool = connect(args.app.database_url.as_str(), &args.app.database_schema).await?;
-    let client = connection.client_config();
+    let ping = client.clone();
+    tokio::task::spawn_blocking(move || plumbing::admin::ping(&ping))
+        .await
+        .context("the Kafka check panicked")??;
+    readmodel::postgres::ping(args.app.database_url.as_str(), &args.app.database_schema).await?;
+    // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.
+    registry.check_all(&topics).await?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for metrics", args.metrics_addr))?;
+    let state_dir = args.app.state_dir.join(&args.app.application_id);
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+    let lock = Arc::new(lock_state_dir(&state_dir)?);
+    let instance_id = instance_id(&state_dir)?;
+
+    // Then what is missing is created: topics, subjects, the read model's schema and tables.
     let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
     let metrics = Metrics::new(prometheus::Registry::new());
     let topology = Arc::new(topology::build(
@@ -101,14 +121,8 @@ pub async fn start(
         order,
     ));
     let partitions = Arc::new(topics::ensure(&topology, &client, args.partitions).await?);
-    // Outputs are produced with the compiled-in contracts: refuse an incompatible change now.
     registry.register_all(&topics).await?;
-
-    let state_dir = args.app.state_dir.join(&args.app.application_id);
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-    let lock = Arc::new(lock_state_dir(&state_dir)?);
-    let instance_id = instance_id(&state_dir)?;
+    let pool = connect(args.app.database_url.as_str(), &args.app.database_schema).await?;
 
     metrics.initialize_labels(&topology.source_topics());
     let threads = usize::from(args.num_stream_threads);
@@ -117,13 +131,8 @@ pub async fn start(
             .map(|_| Arc::new(AtomicBool::new(false)))
             .collect(),
     );
-    let (metrics_addr, server) = serve_metrics(
-        args.metrics_addr,
-        metrics.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let (metrics_addr, server) =
+        serve_metrics(listener, metrics.clone(), ready.clone(), shutdown.clone()).await?;
     tracing::info!(%metrics_addr, instance_id, "serving /metrics, /health and /ready");
 
     let config = EngineConfig {
@@ -234,7 +243,7 @@ fn instance_id(dir: &Path) -> anyhow::Result<String> {
 }
 
 async fn serve_metrics(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Metrics,
     ready: Readiness,
     shutdown: CancellationToken,
@@ -261,9 +270,6 @@ async fn serve_metrics(
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
     let local = listener.local_addr()?;
     let server = tokio::spawn(async move {
         let served = axum::serve(listener, app)

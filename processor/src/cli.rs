@@ -35,7 +35,8 @@ pub enum Command {
     Reset(ResetArgs),
     /// Follow the outputs (outcomes, stock changes, dead letters), one decoded line each.
     Tail {
-        /// Start from the beginning of the topics instead of from now.
+        /// Start from the beginning of the topics instead of from now: the history first,
+        /// merged across the topics in timestamp order, then records as they arrive.
         #[arg(long)]
         from_beginning: bool,
         /// Stop after this many records.

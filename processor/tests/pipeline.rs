@@ -416,12 +416,11 @@ async fn a_hundred_thousand_orders_each_get_exactly_one_outcome() {
     running.wait().await.expect("stops cleanly");
 }
 
-#[tokio::test]
-async fn an_unreachable_database_stops_start_up_with_one_line() {
-    let world = World::new("no-database").await;
+/// `processor` with `global` flags, then `run` for `world` with `run` flags.
+fn run_processor(world: &World, global: &[&str], run: &[&str]) -> std::process::Output {
     let state = world.state.path().to_string_lossy().into_owned();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_processor"))
-        .args(world.connection_flags())
+    std::process::Command::new(support::processor_binary())
+        .args(global)
         .args([
             "run",
             "--application-id",
@@ -430,21 +429,122 @@ async fn an_unreachable_database_stops_start_up_with_one_line() {
             &state,
             "--metrics-addr",
             "127.0.0.1:0",
-            "--database-url",
-            "postgres://stockflow:stockflow@127.0.0.1:9/stockflow",
         ])
+        .args(run)
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("SCHEMA_REGISTRY_URL")
+        .env_remove("DATABASE_URL")
         .output()
-        .expect("the processor binary runs");
+        .expect("the processor binary runs")
+}
+
+/// The `error:` lines of a failed command, after checking its exit code is 1.
+fn one_error_line(output: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(output.status.code(), Some(1), "exit code 1: {stderr}");
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    errors[0].to_owned()
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_and_unreachable_services_exit_1_leaving_nothing_behind() {
+    let world = World::new("start-fails").await;
+    let db = ["--database-url", &world.database_url];
+    let schema = ["--database-schema", &world.database_schema];
+    let kafka = ["--bootstrap-servers", &world.bootstrap];
+    let registry = ["--schema-registry-url", &world.registry_url];
+    let prefix = format!("{}-", world.name);
+    let prefix = ["--topic-prefix", &prefix];
+    let flags = |kafka: [&str; 2], registry: [&str; 2]| -> Vec<String> {
+        [kafka, registry, prefix]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    // A usage error: clap's message and usage, exit code 2 (the convention).
+    let bogus = run_processor(&world, &[], &["--bogus-flag"]);
+    let stderr = String::from_utf8_lossy(&bogus.stderr);
+    assert_eq!(bogus.status.code(), Some(2), "exit code 2: {stderr}");
+    assert!(
+        stderr.starts_with("error: unexpected argument '--bogus-flag' found")
+            && stderr.contains("Usage: processor run"),
+        "{stderr}"
+    );
+    let malformed = run_processor(&world, &[], &["--commit-interval-ms", "soon"]);
+    assert_eq!(malformed.status.code(), Some(2), "{malformed:?}");
+
+    // Each service unreachable in turn: one line naming it, exit code 1, and nothing created.
+    let no_kafka = flags(["--bootstrap-servers", "127.0.0.1:9"], registry);
+    let line = one_error_line(&run_processor(
+        &world,
+        &strs(&no_kafka),
+        &[&db[..], &schema[..]].concat(),
+    ));
+    assert!(
+        line.starts_with("error: Kafka at 127.0.0.1:9 is unreachable"),
+        "{line}"
+    );
+    let no_registry = flags(kafka, ["--schema-registry-url", "http://127.0.0.1:9"]);
+    let line = one_error_line(&run_processor(
+        &world,
+        &strs(&no_registry),
+        &[&db[..], &schema[..]].concat(),
+    ));
+    assert!(
+        line.starts_with("error: schema registry at http://127.0.0.1:9"),
+        "{line}"
+    );
+    let line = one_error_line(&run_processor(
+        &world,
+        &strs(&flags(kafka, registry)),
+        &[
+            &[
+                "--database-url",
+                "postgres://stockflow:stockflow@127.0.0.1:9/stockflow",
+            ][..],
+            &schema[..],
+        ]
+        .concat(),
+    ));
     assert_eq!(
-        errors,
-        vec![
-            "error: PostgreSQL at 127.0.0.1:9/stockflow is unreachable: error communicating \
-             with database: Connection refused (os error 111)"
-        ],
-        "one line naming the server: {stderr}"
+        line,
+        "error: PostgreSQL at 127.0.0.1:9/stockflow is unreachable: error communicating \
+         with database: Connection refused (os error 111)",
+        "one line naming the server"
+    );
+
+    let schema_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&world.database_schema)
+            .fetch_one(&world.pg().await)
+            .await
+            .expect("PostgreSQL answers");
+    assert!(
+        !schema_exists,
+        "no read-model schema {} after failed starts",
+        world.database_schema
+    );
+    let topics = [
+        world.topics.orders.as_str(),
+        &world.topics.orders_confirmed,
+        &world.topics.orders_dlq,
+    ];
+    let watermarks = testkit::kafka::high_watermarks(&world.bootstrap, &topics);
+    assert!(watermarks.is_empty(), "no topics: {watermarks:?}");
+    let subjects = schemas::Registry::new(&world.registry_url)
+        .expect("a registry client")
+        .subjects()
+        .await
+        .expect("the registry answers");
+    assert!(
+        !subjects.iter().any(|s| s.starts_with(&world.name)),
+        "no subjects: {subjects:?}"
     );
 }
 

@@ -8,7 +8,8 @@
 //! Layout:
 //! - [`stack`]: Kafka, the schema registry and PostgreSQL from the environment, or in
 //!   containers; stopping and starting PostgreSQL for outage tests.
-//! - [`names`]: unique topic prefixes, groups and PostgreSQL schema names.
+//! - [`names`]: unique topic prefixes, groups and PostgreSQL schema names, all under a
+//!   reserved prefix (what `scripts/stack.sh prune` deletes).
 //! - [`kafka`]: reading topics up to their high watermarks, and the watermarks themselves.
 //! - [`postgres`]: a pool working in a test's own schema.
 //! - [`child`]: the workspace's binaries as child processes, killed when dropped.
@@ -24,5 +25,5 @@ pub mod prometheus;
 pub mod stack;
 
 pub use kafka::{Isolation, Record, TopicReader, read_at_least, read_to_end};
-pub use names::{pg_schema, unique};
+pub use names::{RESERVED_PREFIX, RESERVED_SCHEMA_PREFIX, pg_schema, unique};
 pub use stack::{Stack, stack};

@@ -56,6 +56,19 @@ impl Stack {
             Postgres::Container(c) => c.start().await.expect("start the PostgreSQL container"),
         }
     }
+
+    /// Runs `scripts/stack.sh prune` on the local stack (false, doing nothing, when the
+    /// services are containers: they start empty). It deletes every test's topics and schemas,
+    /// running ones' too, so a test that calls it belongs in a test binary of its own.
+    pub fn prune(&self) -> bool {
+        match &self.postgres {
+            Postgres::LocalStack => {
+                local_stack(&["prune"]);
+                true
+            }
+            Postgres::Container(_) => false,
+        }
+    }
 }
 
 /// Runs `scripts/stack.sh ARGS...` and panics if it fails.
@@ -71,8 +84,8 @@ fn local_stack(args: &[&str]) {
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
     assert!(
         status.success(),
-        "{script} {} failed ({status}); the PostgreSQL outage tests control the local stack's \
-         PostgreSQL, so DATABASE_URL must point at it",
+        "{script} {} failed ({status}); the tests that control the local stack need the \
+         environment to point at it (eval \"$(scripts/stack.sh env)\")",
         args.join(" ")
     );
 }

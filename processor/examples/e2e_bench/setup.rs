@@ -26,7 +26,8 @@ pub struct RunNames {
 }
 
 impl RunNames {
-    /// A topic prefix (and application id) no other run uses, from `kind` (`bench`, ...).
+    /// A topic prefix (and application id) no other run uses, from `kind` (`bench`, ...),
+    /// under the reserved `stockflow-test-` (what `scripts/stack.sh prune` deletes).
     pub fn new(kind: &str) -> Self {
         let prefix = format!("{}-", unique(kind));
         let app = format!("{prefix}app");
@@ -95,9 +96,10 @@ pub fn start_processor(
     Processor { process, metrics }
 }
 
-/// The read-model schema of a benchmark application (`bench_` + its unique name).
+/// The read-model schema of a benchmark application (`stockflow_test_` + its unique name,
+/// which `scripts/stack.sh prune` drops).
 pub fn bench_schema(app: &str) -> String {
-    pg_schema("bench_", app)
+    pg_schema(app)
 }
 
 /// Publishes `count` orders of 1..=`lines_max` lines over 1,000 SKUs at `rate` per second

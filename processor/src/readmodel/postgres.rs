@@ -86,6 +86,14 @@ async fn connect_one(
     Ok((connection, options, endpoint))
 }
 
+/// Whether PostgreSQL at `url` answers: connects once and disconnects. Creates nothing (the
+/// processor checks every service this way before it creates its schema, topics and subjects).
+pub async fn ping(url: &str, schema: &str) -> Result<(), ReadModelError> {
+    let (connection, _, _) = connect_one(url, schema).await?;
+    let _ = connection.close().await;
+    Ok(())
+}
+
 /// The read model's tables (what `processor reset` empties).
 pub const TABLES: [&str; 4] = ["inventory", "orders", "order_lines", "sync_progress"];
 

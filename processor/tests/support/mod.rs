@@ -58,7 +58,7 @@ pub struct World {
     pub bootstrap: String,
     pub registry_url: String,
     pub database_url: String,
-    /// The read model's schema (`t_<name>`).
+    /// The read model's schema (`stockflow_test_<name>`).
     pub database_schema: String,
     pub codec: Codec,
 }
@@ -83,7 +83,7 @@ impl World {
             bootstrap: stack.bootstrap_servers.clone(),
             registry_url: stack.schema_registry_url.clone(),
             database_url: stack.database_url.clone(),
-            database_schema: pg_schema("t_", &name),
+            database_schema: pg_schema(&name),
             codec,
             name,
         }
