@@ -105,18 +105,12 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
     // tasks move to a's threads.
     let mut a = world.spawn_processor("a", state_a.path(), &["--num-stream-threads", "2"]);
     a.wait_ready(MINUTE).await;
-    let b = world.spawn_processor("b", state_b.path(), &[]);
-    let traffic = [
-        "--synthetic-skus",
-        "40",
-        "--lines-max",
-        "3",
-        "--rate",
-        "6000",
-    ];
-    let summary = world.run_generator(30_000, &traffic).await;
+    let mut b = world.spawn_processor("b", state_b.path(), &[]);
+    b.wait_ready(MINUTE).await;
     // The rebalance that gives b its share may still be settling on a loaded machine: wait
-    // (bounded) until every task is owned once and both instances own some.
+    // (bounded) until every task is owned once and both instances own some, before any order
+    // is sent. (Sent earlier, the orders could all be decided by a before b joins; b's tasks
+    // would then have nothing for a to restore when b dies.)
     let started = Instant::now();
     let (tasks_a, tasks_b) = loop {
         let tasks_a = a
@@ -135,6 +129,15 @@ async fn two_instances_one_with_two_threads_share_the_work_and_survive_one_dying
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     eprintln!("tasks: a {tasks_a}, b {tasks_b}");
+    let traffic = [
+        "--synthetic-skus",
+        "40",
+        "--lines-max",
+        "3",
+        "--rate",
+        "6000",
+    ];
+    let summary = world.run_generator(30_000, &traffic).await;
     assert!(
         tasks_a > 0.0 && tasks_b > 0.0,
         "both instances own tasks: a {tasks_a}, b {tasks_b}"
