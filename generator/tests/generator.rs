@@ -28,6 +28,17 @@ async fn cli(prefix: &str, args: &[&str]) -> Cli {
     Cli::try_parse_from(argv).expect("a valid command line")
 }
 
+/// Runs `generator run` with `args` (after the prefix) to its end; its summary.
+async fn run(prefix: &str, args: &[&str]) -> generator::app::RunSummary {
+    let run_cli = cli(prefix, args).await;
+    let Command::Run(run_args) = &run_cli.command else {
+        unreachable!("parsed as run")
+    };
+    run_orders(&run_cli.connection, run_args, CancellationToken::new())
+        .await
+        .expect("runs")
+}
+
 async fn decode_all<C: schemas::Contract>(codec: &Codec, records: &[Record]) -> Vec<C> {
     let mut out = Vec::with_capacity(records.len());
     for record in records {
@@ -96,7 +107,7 @@ async fn seed_then_run_publish_exactly_the_expected_events() {
         assert!(stock.contains_key(key.as_str()), "keyed by sku: {key}");
     }
 
-    let run_cli = cli(
+    let summary = run(
         &prefix,
         &[
             "run",
@@ -115,12 +126,6 @@ async fn seed_then_run_publish_exactly_the_expected_events() {
         ],
     )
     .await;
-    let Command::Run(run_args) = &run_cli.command else {
-        unreachable!("parsed as run")
-    };
-    let summary = run_orders(&run_cli.connection, run_args, CancellationToken::new())
-        .await
-        .expect("runs");
     assert_eq!(summary.sent, 10_000);
     assert_eq!(summary.delivered.acknowledged, 10_000);
     assert_eq!(summary.valid + summary.invalid + summary.duplicates, 10_000);
@@ -321,7 +326,7 @@ async fn adjust_publishes_exactly_one_adjustment() {
 async fn run_restocks_every_period_while_orders_flow() {
     let stack = stack().await;
     let prefix = format!("{}-", unique("gen-restock"));
-    let run_cli = cli(
+    let summary = run(
         &prefix,
         &[
             "run",
@@ -338,12 +343,6 @@ async fn run_restocks_every_period_while_orders_flow() {
         ],
     )
     .await;
-    let Command::Run(run_args) = &run_cli.command else {
-        unreachable!("parsed as run")
-    };
-    let summary = run_orders(&run_cli.connection, run_args, CancellationToken::new())
-        .await
-        .expect("runs");
     eprintln!("{summary}");
     assert!(summary.restocks > 0, "{summary}");
     assert_eq!(
@@ -352,7 +351,7 @@ async fn run_restocks_every_period_while_orders_flow() {
         "orders and restocks acknowledged"
     );
 
-    let topics = run_cli.connection.topics();
+    let topics = Topics::with_prefix(&prefix);
     let codec = Codec::new(&stack.schema_registry_url, &topics).expect("codec");
     let deadline = Duration::from_secs(60);
     let records = read_at_least(
