@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::tasks::Task;
-use crate::runtime::topology::Topology;
+use crate::runtime::topology::{SourceId, Topology};
 
 /// How long asking the broker for a partition's offsets may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,16 +74,18 @@ pub(super) fn ends_to_reach<C: ConsumerContext>(
 }
 
 /// Updates whether each source partition of `task` has nothing to hand out, as of
-/// `drained_at` (when the consumer last had nothing for anyone) and `now`.
+/// `drained_at` (when the consumer last had nothing for anyone) and `now`; a partition with
+/// records `buffered` (read, not processed yet) has something.
 pub(super) fn update<C: ConsumerContext>(
     task: &mut Task,
     drained_at: i64,
     now: i64,
+    buffered: impl Fn(SourceId) -> bool,
     topology: &Topology,
     consumer: &BaseConsumer<C>,
 ) {
     let sources = &topology.subs[usize::from(task.id.sub)].sources;
-    for (state, source) in task.sources.iter_mut().zip(sources) {
+    for (i, (state, source)) in task.sources.iter_mut().zip(sources).enumerate() {
         if let Some(end) = state.catching_up
             && position(consumer, &source.name, task.id.partition).is_some_and(|at| at >= end)
         {
@@ -92,7 +94,9 @@ pub(super) fn update<C: ConsumerContext>(
             state.catching_up = None;
             state.last_record = state.last_record.max(now);
         }
-        let drained = state.catching_up.is_none() && drained_at >= state.last_record;
+        let drained = state.catching_up.is_none()
+            && drained_at >= state.last_record
+            && !buffered(SourceId(i as u8));
         state.idle_since = drained.then_some(state.last_record);
     }
 }

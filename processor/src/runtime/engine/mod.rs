@@ -8,13 +8,15 @@
 //! polls, so the lock is never contended.
 //!
 //! Layout: this module (the poll/commit loop and the commit steps); [`tasks`] (assignment,
-//! revocation, opening and closing tasks); [`context`] (the [`TaskContext`] processors see);
+//! revocation, opening and closing tasks); [`fetched`] (the records read and not processed
+//! yet, and the order they are taken in); [`context`] (the [`TaskContext`] processors see);
 //! [`outputs`] (sends, the outbox held while a commit is in progress, changelogs, dead
 //! letters); [`idleness`] (when a source partition has nothing to hand out).
 //!
 //! [`TaskContext`]: super::topology::TaskContext
 
 mod context;
+mod fetched;
 mod idleness;
 mod outputs;
 mod tasks;
@@ -41,6 +43,7 @@ use super::topics::Partitions;
 use super::topology::{ProcessError, Record, SourceId, Topology};
 use crate::metrics::Metrics;
 use context::EngineContext;
+use fetched::{Fetched, FetchedRecord, MAX_BUFFERED};
 use outputs::Outputs;
 use tasks::Tasks;
 
@@ -129,6 +132,8 @@ pub struct Engine {
     failed: bool,
     /// When the consumer last had nothing to hand out (wall clock, milliseconds).
     drained_at: i64,
+    /// What the consumer handed out and is not processed yet.
+    fetched: Fetched,
 }
 
 impl std::fmt::Debug for Engine {
@@ -227,6 +232,7 @@ pub fn run_engine(
         fatal: None,
         failed: false,
         drained_at: i64::MIN,
+        fetched: Fetched::default(),
         config: config.clone(),
     }));
     let consumer: BaseConsumer<StreamsContext> = config
@@ -288,15 +294,21 @@ fn run_loop(
         if let Some(error) = engine.fatal.take() {
             return Err(error);
         }
-        let idle = polled.is_none();
-        if idle {
+        let drained = polled.is_none();
+        if drained {
             engine.drained_at = schemas::now_millis();
         }
         match polled {
-            Some(Ok(message)) => engine.process(consumer, &message)?,
+            Some(Ok(message)) => engine.fetch(&message),
             Some(Err(error)) => tracing::warn!(%error, "consumer error"),
             None => {}
         }
+        // Read ahead until every partition of the next record's topic has a record at hand,
+        // or the consumer has nothing more, or the buffer is full (see `fetched`).
+        if drained || engine.fetched.ready() || engine.fetched.len() >= MAX_BUFFERED {
+            engine.process_next(consumer)?;
+        }
+        let idle = drained && engine.fetched.is_empty();
         engine.punctuate(consumer)?;
         unserved += 1;
         if engine.out.tx.is_committing() {
@@ -329,7 +341,7 @@ fn run_loop(
         // While a commit waits for acknowledgements, take whatever records are there without
         // waiting (none: the commit finishes); with a transaction open, wait no longer than
         // until an early commit is due.
-        wait = if engine.out.tx.is_committing() {
+        wait = if engine.out.tx.is_committing() || !engine.fetched.is_empty() {
             Duration::ZERO
         } else if engine.out.tx.is_open() {
             engine
@@ -344,23 +356,43 @@ fn run_loop(
 }
 
 impl Engine {
-    /// Hands one record to its task's processor; a transient failure rolls the transaction
-    /// back and waits before the records are read again.
-    fn process(
-        &mut self,
-        consumer: &BaseConsumer<StreamsContext>,
-        message: &BorrowedMessage<'_>,
-    ) -> Result<(), EngineError> {
-        let topic = message.topic(); // checked as UTF-8 on every call: once per record
-        let Some((sub, source)) = self.config.topology.source(topic) else {
+    /// Copies a record the consumer handed out into [`Fetched`], if its task runs.
+    fn fetch(&mut self, message: &BorrowedMessage<'_>) {
+        let Some((sub, source)) = self.config.topology.source(message.topic()) else {
+            return;
+        };
+        let partition = message.partition();
+        let Some(task) = self.tasks.running(TaskId { sub, partition }) else {
+            return; // revoked while the record was in flight
+        };
+        let offset = message.offset();
+        let state = &mut task.sources[usize::from(source.0)];
+        state.last_record = schemas::now_millis();
+        state.idle_since = None;
+        if state.catching_up.is_some_and(|end| offset + 1 >= end) {
+            state.catching_up = None;
+        }
+        let record = FetchedRecord {
+            offset,
+            timestamp: message.timestamp().to_millis().unwrap_or(0),
+            key: message.key().map(Box::from),
+            value: message.payload().map(Box::from),
+        };
+        self.fetched.push((sub, source, partition), record);
+    }
+
+    /// Hands the next buffered record to its task's processor; a transient failure rolls the
+    /// transaction back and waits before the records are read again.
+    fn process_next(&mut self, consumer: &BaseConsumer<StreamsContext>) -> Result<(), EngineError> {
+        let Some(((sub, source, partition), fetched)) = self.fetched.pop() else {
             return Ok(());
         };
-        let id = TaskId {
-            sub,
-            partition: message.partition(),
-        };
+        let topic = self.config.topology.subs[usize::from(sub)].sources[usize::from(source.0)]
+            .name
+            .as_str();
+        let id = TaskId { sub, partition };
         let Some(task) = self.tasks.running(id) else {
-            return Ok(()); // revoked while the record was in flight
+            return Ok(()); // suspended: its records are read again by its next owner
         };
         let started = Instant::now();
         if !self.out.tx.is_committing() {
@@ -369,22 +401,13 @@ impl Engine {
         let record = Record {
             source,
             topic,
-            partition: message.partition(),
-            offset: message.offset(),
-            timestamp: message.timestamp().to_millis().unwrap_or(0),
-            key: message.key(),
-            value: message.payload(),
+            partition,
+            offset: fetched.offset,
+            timestamp: fetched.timestamp,
+            key: fetched.key.as_deref(),
+            value: fetched.value.as_deref(),
         };
         task.stream_time = task.stream_time.max(record.timestamp);
-        let state = &mut task.sources[usize::from(source.0)];
-        state.last_record = schemas::now_millis();
-        state.idle_since = None;
-        if state
-            .catching_up
-            .is_some_and(|end| record.offset + 1 >= end)
-        {
-            state.catching_up = None;
-        }
         let (processor, view) = task.split();
         let mut ctx = EngineContext::new(view, &mut self.out, Some(&record));
         let processed = processor.process(&mut ctx, &record);
@@ -430,7 +453,10 @@ impl Engine {
                 continue;
             };
             let (drained_at, topology) = (self.drained_at, &self.config.topology);
-            idleness::update(task, drained_at, schemas::now_millis(), topology, consumer);
+            let fetched = &self.fetched;
+            let buffered = |source: SourceId| fetched.holds((id.sub, source, id.partition));
+            let now = schemas::now_millis();
+            idleness::update(task, drained_at, now, buffered, topology, consumer);
             let (processor, view) = task.split();
             let mut ctx = EngineContext::new(view, &mut self.out, None);
             match processor.punctuate(&mut ctx, schemas::now_millis()) {
@@ -532,6 +558,15 @@ impl Engine {
             .iter()
             .map(|(topic, partition, first)| (topic.clone(), *partition, Some(*first)))
             .collect();
+        let topology = &self.config.topology;
+        let rewound_partitions: Vec<_> = rewind
+            .iter()
+            .filter_map(|(topic, partition, _)| {
+                let (sub, source) = topology.source(topic)?;
+                Some((sub, source, *partition))
+            })
+            .collect();
+        self.fetched.retain(|p| !rewound_partitions.contains(&p));
         Transactor::rewind(consumer, rewind);
         // Read again, the rewound records are no partition's idle time.
         self.catch_up(consumer, rewound);
@@ -571,6 +606,9 @@ impl Engine {
             self.fatal.get_or_insert(error);
         }
         self.tasks.close(&revoked, &self.metrics);
+        let tasks = &self.tasks;
+        self.fetched
+            .retain(|(sub, _, partition)| tasks.contains(TaskId { sub, partition }));
     }
 
     fn on_assign(

@@ -34,7 +34,7 @@ pub(super) struct Task {
 ///
 /// [`TaskContext::idle_since`]: crate::runtime::topology::TaskContext::idle_since
 pub(super) struct SourceState {
-    /// When its last record was processed (or the task started), wall clock.
+    /// When the consumer last handed out one of its records (or the task started), wall clock.
     pub last_record: i64,
     /// Since when it has had nothing to hand out, as of the last check.
     pub idle_since: Option<i64>,

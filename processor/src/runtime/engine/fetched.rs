@@ -1,0 +1,199 @@
+//! The records the consumer has handed out and the engine has not processed yet, and the order
+//! the engine takes them in (Kafka Streams buffers records per partition the same way, in its
+//! `PartitionGroup`).
+//!
+//! librdkafka hands a partition's records out a fetch at a time, and a fetch holds whole
+//! producer batches: thousands of records of one partition in a row. Taken as they come, one
+//! partition of a topic runs a second or more ahead of the others in event time, and event-time
+//! processing makes what it sent wait for the others to catch up (ARCHITECTURE.md, "Decision
+//! order"). So the engine keeps what the consumer hands out, up to [`MAX_BUFFERED`] records,
+//! in one queue per partition, and takes them in *turns*: one turn per record, in the order the
+//! consumer handed them out; a turn of topic T takes, of all of T's partitions, the queue head
+//! with the lowest timestamp. A partition's records stay in offset order; the partitions of a
+//! topic advance together in event time; the topics keep the share and the pace the consumer
+//! gives them. (Ordering across topics by timestamp would not do: the internal topics carry
+//! the time they were written, not their input's, and would wait behind a whole backlog.)
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::runtime::topology::SourceId;
+
+/// How many records an engine buffers at most before it takes one for each it reads, while
+/// one of the next turn's partitions still waits for its next fetch.
+pub(super) const MAX_BUFFERED: usize = 200_000;
+
+/// A partition of a source topic: (sub-topology, source, partition).
+pub(super) type SourcePartition = (u8, SourceId, i32);
+
+/// A record copied out of the consumer.
+#[derive(Debug)]
+pub(super) struct FetchedRecord {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Box<[u8]>>,
+    pub value: Option<Box<[u8]>>,
+}
+
+/// The buffered records, per partition, and the turns.
+#[derive(Debug, Default)]
+pub(super) struct Fetched {
+    queues: BTreeMap<SourcePartition, VecDeque<FetchedRecord>>,
+    /// One per record handed out, naming its topic; a turn whose topic has no record left (its
+    /// partition was revoked or rewound meanwhile) is skipped.
+    turns: VecDeque<(u8, SourceId)>,
+    len: usize,
+}
+
+impl Fetched {
+    /// How many records are buffered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the next turn can be taken in timestamp order: each partition of its topic
+    /// that has given records has one buffered (Kafka Streams processes a task once each of
+    /// its partitions has a record buffered, for the same reason).
+    pub fn ready(&self) -> bool {
+        let Some(&(sub, source)) = self.turns.front() else {
+            return false;
+        };
+        self.queues
+            .range((sub, source, i32::MIN)..=(sub, source, i32::MAX))
+            .all(|(_, q)| !q.is_empty())
+    }
+
+    /// Buffers a record of `partition`, which the consumer just handed out.
+    pub fn push(&mut self, partition: SourcePartition, record: FetchedRecord) {
+        self.queues.entry(partition).or_default().push_back(record);
+        self.turns.push_back((partition.0, partition.1));
+        self.len += 1;
+    }
+
+    /// The next record to process: the next turn's topic's queue head with the lowest
+    /// timestamp (the lowest partition on a tie).
+    pub fn pop(&mut self) -> Option<(SourcePartition, FetchedRecord)> {
+        while let Some((sub, source)) = self.turns.pop_front() {
+            let topic = (sub, source, i32::MIN)..=(sub, source, i32::MAX);
+            let head = self
+                .queues
+                .range_mut(topic)
+                .filter_map(|(p, q)| Some((q.front()?.timestamp, *p, q)))
+                .min_by_key(|(timestamp, p, _)| (*timestamp, p.2));
+            if let Some((_, partition, queue)) = head {
+                let record = queue.pop_front().expect("the head was just seen");
+                self.len -= 1;
+                return Some((partition, record));
+            }
+        }
+        None
+    }
+
+    /// Whether records of `partition` are buffered.
+    pub fn holds(&self, partition: SourcePartition) -> bool {
+        self.queues.get(&partition).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Drops the buffered records of the partitions `keep` refuses (revoked, or rewound: the
+    /// consumer reads them again).
+    pub fn retain(&mut self, mut keep: impl FnMut(SourcePartition) -> bool) {
+        self.queues.retain(|p, _| keep(*p));
+        self.len = self.queues.values().map(VecDeque::len).sum();
+        if self.len == 0 {
+            self.turns.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64, timestamp: i64) -> FetchedRecord {
+        FetchedRecord {
+            offset,
+            timestamp,
+            key: None,
+            value: None,
+        }
+    }
+
+    fn drain(fetched: &mut Fetched) -> Vec<(i32, i64)> {
+        std::iter::from_fn(|| fetched.pop())
+            .map(|(p, r)| (p.2, r.offset))
+            .collect()
+    }
+
+    const ORDERS: (u8, SourceId) = (0, SourceId(0));
+    const RESULTS: (u8, SourceId) = (0, SourceId(1));
+
+    #[test]
+    fn a_topic_s_partitions_are_taken_by_their_heads_timestamps() {
+        let mut fetched = Fetched::default();
+        // Partition 0 hands out a whole batch before partition 1's records arrive.
+        for (offset, ts) in [(0, 10), (1, 20), (2, 30)] {
+            fetched.push((ORDERS.0, ORDERS.1, 0), record(offset, ts));
+        }
+        for (offset, ts) in [(0, 15), (1, 25)] {
+            fetched.push((ORDERS.0, ORDERS.1, 1), record(offset, ts));
+        }
+        assert_eq!(
+            drain(&mut fetched),
+            [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2)]
+        );
+        assert!(fetched.is_empty());
+    }
+
+    #[test]
+    fn a_partition_keeps_its_offset_order_when_time_goes_back() {
+        let mut fetched = Fetched::default();
+        for (offset, ts) in [(0, 50), (1, 10)] {
+            fetched.push((ORDERS.0, ORDERS.1, 0), record(offset, ts));
+        }
+        fetched.push((ORDERS.0, ORDERS.1, 1), record(0, 20));
+        assert_eq!(drain(&mut fetched), [(1, 0), (0, 0), (0, 1)]);
+    }
+
+    #[test]
+    fn topics_keep_the_consumer_s_order_whatever_their_timestamps() {
+        let mut fetched = Fetched::default();
+        fetched.push((RESULTS.0, RESULTS.1, 0), record(0, 1_000));
+        fetched.push((ORDERS.0, ORDERS.1, 0), record(0, 1));
+        fetched.push((ORDERS.0, ORDERS.1, 0), record(1, 2));
+        let topics: Vec<_> = std::iter::from_fn(|| fetched.pop())
+            .map(|(p, _)| p.1)
+            .collect();
+        assert_eq!(topics, [RESULTS.1, ORDERS.1, ORDERS.1]);
+    }
+
+    #[test]
+    fn a_turn_is_ready_once_each_partition_of_its_topic_has_a_record() {
+        let mut fetched = Fetched::default();
+        assert!(!fetched.ready());
+        fetched.push((ORDERS.0, ORDERS.1, 0), record(0, 1));
+        fetched.push((ORDERS.0, ORDERS.1, 1), record(0, 2));
+        assert!(fetched.ready());
+        fetched.pop();
+        // Partition 0 has given records and has none at hand: wait for its next fetch.
+        assert!(!fetched.ready());
+        fetched.push((ORDERS.0, ORDERS.1, 0), record(1, 3));
+        assert!(fetched.ready());
+    }
+
+    #[test]
+    fn dropped_partitions_lose_their_records_and_their_turns() {
+        let mut fetched = Fetched::default();
+        fetched.push((ORDERS.0, ORDERS.1, 0), record(0, 1));
+        fetched.push((ORDERS.0, ORDERS.1, 1), record(0, 2));
+        fetched.push((RESULTS.0, RESULTS.1, 1), record(0, 3));
+        fetched.retain(|p| p.2 != 1);
+        assert_eq!(fetched.len(), 1);
+        assert!(!fetched.holds((ORDERS.0, ORDERS.1, 1)));
+        assert_eq!(drain(&mut fetched), [(0, 0)]);
+        fetched.retain(|_| false);
+        assert!(fetched.pop().is_none());
+    }
+}
