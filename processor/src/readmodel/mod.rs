@@ -298,6 +298,7 @@ mod tests {
             total_cents: 100,
             status,
             decided_at,
+            time: Some(1),
         }
     }
 
