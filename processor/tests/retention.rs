@@ -23,10 +23,11 @@ use testkit::Isolation;
 const ROUND: usize = 30;
 const ROUNDS: usize = 10;
 
-/// The orders changelog as a compaction would leave it (key -> its last value, tombstoned
-/// keys left out), and the tombstones per key.
+/// The orders changelog as a compaction would leave it ((partition, key) -> its last value,
+/// tombstoned keys left out), and the tombstones per key (an order id lives in one partition;
+/// the task's own keys are in every one).
 struct Changelog {
-    live: BTreeMap<Vec<u8>, Vec<u8>>,
+    live: BTreeMap<(i32, Vec<u8>), Vec<u8>>,
     tombstones: HashMap<Vec<u8>, usize>,
     records: usize,
 }
@@ -48,10 +49,10 @@ async fn changelog(world: &World) -> Changelog {
         let key = record.key.expect("changelog records have keys");
         match record.payload {
             Some(value) => {
-                live.insert(key, value);
+                live.insert((record.partition, key), value);
             }
             None => {
-                live.remove(&key);
+                live.remove(&(record.partition, key.clone()));
                 *tombstones.entry(key).or_default() += 1;
             }
         }
@@ -68,8 +69,8 @@ fn live_orders(changelog: &Changelog) -> BTreeSet<String> {
     changelog
         .live
         .keys()
-        .filter(|k| k.first().is_some_and(|&b| b != 0))
-        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .filter(|(_, k)| k.first().is_some_and(|&b| b != 0))
+        .map(|(_, k)| String::from_utf8_lossy(k).into_owned())
         .collect()
 }
 
@@ -164,7 +165,7 @@ async fn a_short_retention_bounds_the_store_tombstones_its_changelog_and_keeps_t
     let indexed: BTreeSet<String> = changelog
         .live
         .keys()
-        .filter_map(|k| keys::parse_expiry(k))
+        .filter_map(|(_, k)| keys::parse_expiry(k))
         .map(|(_, id)| id.to_owned())
         .collect();
     assert_eq!(indexed, ticks_set, "the index holds the live orders");

@@ -58,6 +58,14 @@ pub enum LineCommand {
         line: u32,
         sku: String,
     },
+    /// Line `line` of a confirmed `order_id` is forgotten (order retention): its reservation
+    /// key goes, its stock stays taken, so that a new order of the same id reserves afresh.
+    /// Settles like a confirm, on arrival. (A build before retention cannot decode it.)
+    Forget {
+        order_id: String,
+        line: u32,
+        sku: String,
+    },
 }
 
 impl LineCommand {
@@ -66,7 +74,8 @@ impl LineCommand {
         match self {
             LineCommand::Reserve { order_id, line, .. }
             | LineCommand::Release { order_id, line, .. }
-            | LineCommand::Confirm { order_id, line, .. } => (order_id, *line),
+            | LineCommand::Confirm { order_id, line, .. }
+            | LineCommand::Forget { order_id, line, .. } => (order_id, *line),
         }
     }
 
@@ -74,7 +83,8 @@ impl LineCommand {
         match self {
             LineCommand::Reserve { sku, .. }
             | LineCommand::Release { sku, .. }
-            | LineCommand::Confirm { sku, .. } => sku,
+            | LineCommand::Confirm { sku, .. }
+            | LineCommand::Forget { sku, .. } => sku,
         }
     }
 }

@@ -150,6 +150,24 @@ pub fn validate(order: &OrderCreated) -> Option<String> {
     None
 }
 
+/// What forgetting an expired order sends: for a confirmed order, a [`LineCommand::Forget`]
+/// per line (its reservations go, its stock stays taken); a rejected order holds nothing.
+pub fn forget(order_id: &str, record: &OrderRecord) -> Vec<LineCommand> {
+    if record.status != OrderStatus::Confirmed {
+        return Vec::new();
+    }
+    record
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| LineCommand::Forget {
+            order_id: order_id.to_owned(),
+            line: i as u32,
+            sku: line.sku.clone(),
+        })
+        .collect()
+}
+
 /// A new `OrderCreated` at partition time `time`: a duplicate, an invalid order (rejected at
 /// once), or a valid one whose lines go out as reserve commands. `existing` is the id's record
 /// unless it has [`expired`].
@@ -561,6 +579,23 @@ mod tests {
         assert!(!expired(&old, i64::MAX, 100));
         // No overflow at the ends of time.
         assert!(!expired(&decided, i64::MIN, i64::MAX));
+        // Forgetting it drops its reservations (a rejected order holds none).
+        assert_eq!(
+            forget("o", &decided),
+            vec![LineCommand::Forget {
+                order_id: "o".into(),
+                line: 0,
+                sku: "A".into()
+            }]
+        );
+        let rejected = on_line_result(
+            Some(pending.clone()),
+            result("o", 0, LineOutcome::Insufficient { available: 0 }),
+            30,
+        )
+        .record
+        .expect("decided");
+        assert!(forget("o", &rejected).is_empty());
         // Forgotten, the id is a new order again.
         let again = on_order_created(None, order("o", &[("A", 1)]), 1_101, 40);
         assert!(!again.duplicate && again.commands.len() == 1);

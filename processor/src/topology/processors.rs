@@ -206,12 +206,18 @@ impl Processor for Orders {
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
             };
             let order_id = order.order_id.clone();
-            // A decided order past its retention counts as gone, deleted yet or not.
-            let existing: Option<OrderRecord> = ctx
-                .get_value::<OrderRecord>(store, order_id.as_bytes())?
-                .filter(|r| !order::expired(r, at.time, self.retention_ms));
-            let decision =
+            // A decided order past its retention counts as gone, deleted yet or not; its
+            // reservations are forgotten before the new order's reserves go out.
+            let stored: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
+            let (existing, forgotten) = match stored {
+                Some(old) if order::expired(&old, at.time, self.retention_ms) => {
+                    (None, order::forget(&order_id, &old))
+                }
+                stored => (stored, Vec::new()),
+            };
+            let mut decision =
                 order::on_order_created(existing.as_ref(), order, at.time, ctx.wall_clock());
+            decision.commands.splice(0..0, forgotten);
             self.apply(ctx, &order_id, decision, position)
         } else {
             let value = record.value.unwrap_or_default();
@@ -276,6 +282,25 @@ impl Processor for Orders {
 }
 
 impl Orders {
+    /// Sends a command to the inventory task of its sku, answering to this task.
+    fn send_command(
+        &self,
+        ctx: &mut dyn TaskContext,
+        command: LineCommand,
+        position: Option<Position>,
+        sole_line: bool,
+    ) -> Result<(), ProcessError> {
+        let sku = command.sku().to_owned();
+        let envelope = CommandEnvelope {
+            reply_partition: ctx.task().partition,
+            command,
+            position,
+            sole_line,
+        };
+        let bytes = format::encode(&envelope);
+        ctx.send(self.wiring.line_commands, sku.as_bytes(), &bytes, None)
+    }
+
     /// Deletes, oldest first and at most [`SWEEP_BATCH`] at a time, the decided orders that
     /// have expired at the partition's time (a store delete, so a changelog tombstone), with
     /// their index keys. Only index keys that are committed and applied are read: a decided
@@ -298,10 +323,13 @@ impl Orders {
             };
             // The id may have been taken again by a newer order since: only this one goes.
             let record: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
-            if record.is_some_and(|r| {
-                r.time == Some(time) && order::expired(&r, self.time.time, self.retention_ms)
+            if let Some(record) = record.filter(|r| {
+                r.time == Some(time) && order::expired(r, self.time.time, self.retention_ms)
             }) {
                 ctx.delete(store, order_id.as_bytes());
+                for command in order::forget(order_id, &record) {
+                    self.send_command(ctx, command, None, false)?;
+                }
                 self.metrics.expired_orders.inc();
             }
         }
@@ -332,7 +360,6 @@ impl Orders {
                 ctx.put_value(w.orders_store, &order::keys::expiry(time, order_id), &());
             }
         }
-        let reply_partition = ctx.task().partition;
         let reserves = decision
             .commands
             .iter()
@@ -345,25 +372,15 @@ impl Orders {
                 }
                 // Only event-time mode settles holds.
                 LineCommand::Confirm { .. } if self.sequencing.is_none() => continue,
-                LineCommand::Release { .. } | LineCommand::Confirm { .. } => None,
+                LineCommand::Release { .. }
+                | LineCommand::Confirm { .. }
+                | LineCommand::Forget { .. } => None,
             };
-            let sku = command.sku().to_owned();
             // A new order's reserves are all sent together: one is its only line. (Its confirm
             // is sent only if the inventory task says it kept a hold, as builds before
             // `sole_line` did.)
             let sole_line = position.is_some() && reserves == 1;
-            let envelope = CommandEnvelope {
-                reply_partition,
-                command,
-                position,
-                sole_line,
-            };
-            ctx.send(
-                w.line_commands,
-                sku.as_bytes(),
-                &format::encode(&envelope),
-                None,
-            )?;
+            self.send_command(ctx, command, position, sole_line)?;
         }
         let (event, sink, created_at, outcome, reason) = match &decision.outcome {
             None => return Ok(()),
@@ -625,9 +642,12 @@ impl Inventory {
                 (LineCommand::Reserve { .. }, None) => {
                     self.command(ctx, envelope, false).map(|_| ())
                 }
-                (LineCommand::Release { .. } | LineCommand::Confirm { .. }, _) => {
-                    self.settle(ctx, envelope)
-                }
+                (
+                    LineCommand::Release { .. }
+                    | LineCommand::Confirm { .. }
+                    | LineCommand::Forget { .. },
+                    _,
+                ) => self.settle(ctx, envelope),
             },
         }
     }

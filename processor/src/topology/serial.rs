@@ -161,6 +161,16 @@ impl Clerk {
 
     fn order(&mut self, created: OrderCreated, time: i64) {
         let order_id = created.order_id.clone();
+        let forgotten = match self.orders.get(&order_id) {
+            Some(old) if order::expired(old, time, self.retention_ms) => {
+                order::forget(&order_id, old)
+            }
+            _ => Vec::new(),
+        };
+        // As the tasks do: the old order's reservations go before the new one reserves.
+        for command in forgotten {
+            self.command(command);
+        }
         let existing = self
             .orders
             .get(&order_id)
@@ -208,7 +218,8 @@ impl Clerk {
         let (order_id, line) = match &command {
             LineCommand::Reserve { order_id, line, .. }
             | LineCommand::Release { order_id, line, .. }
-            | LineCommand::Confirm { order_id, line, .. } => (order_id.clone(), *line),
+            | LineCommand::Confirm { order_id, line, .. }
+            | LineCommand::Forget { order_id, line, .. } => (order_id.clone(), *line),
         };
         let sku = command.sku().to_owned();
         let key = (order_id, line);
