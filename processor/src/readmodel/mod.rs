@@ -317,6 +317,15 @@ mod tests {
     }
 
     #[test]
+    fn the_order_tasks_own_keys_are_not_shown() {
+        use crate::topology::order::keys as order_keys;
+        assert!(shows(ORDERS_STORE, b"o-1"));
+        assert!(!shows(ORDERS_STORE, b"\0partition-time"));
+        // The retention index: its keys (and their tombstones) never reach a row.
+        assert!(!shows(ORDERS_STORE, &order_keys::expiry(1_000, "o-1")));
+    }
+
+    #[test]
     fn only_sku_records_of_the_inventory_store_become_rows() {
         let mut pending = Pending::default();
         let corrupt = pending.add(changes(

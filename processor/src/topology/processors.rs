@@ -245,8 +245,9 @@ impl Processor for Orders {
         }
     }
 
-    /// Event-time mode: sends the watermark to every inventory task when it has moved; when an
-    /// inventory task waits for it and the partition is idle, moves the partition's time on.
+    /// Deletes expired orders ([`Orders::sweep`]). Event-time mode: sends the watermark to
+    /// every inventory task when it has moved; when an inventory task waits for it and the
+    /// partition is idle, moves the partition's time on.
     fn punctuate(&mut self, ctx: &mut dyn TaskContext, now: i64) -> Result<(), ProcessError> {
         self.sweep(ctx, now)?;
         let Some(s) = self.sequencing else {
