@@ -30,7 +30,7 @@ fn result(line: u32) -> LineResult {
 
 /// The order's record with lines 0 and 1 answered: the next result decides it.
 fn waiting_for_last_line() -> OrderRecord {
-    let mut record = on_order_created(None, order(), NOW)
+    let mut record = on_order_created(None, order(), NOW, NOW)
         .record
         .expect("a valid order is recorded");
     for line in 0..2 {
@@ -49,7 +49,7 @@ fn decide(c: &mut Criterion) {
     group.bench_function("on_order_created (3 lines)", |b| {
         b.iter_batched(
             || created.clone(),
-            |order| on_order_created(None, black_box(order), NOW),
+            |order| on_order_created(None, black_box(order), NOW, NOW),
             criterion::BatchSize::SmallInput,
         )
     });

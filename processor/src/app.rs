@@ -119,6 +119,7 @@ pub async fn start(
         codec,
         metrics.clone(),
         order,
+        args.retention.order_retention,
     ));
     let partitions = Arc::new(topics::ensure(&topology, &client, args.partitions).await?);
     registry.register_all(&topics).await?;

@@ -58,6 +58,20 @@ pub struct AuditArgs {
     /// How many differences to list, one line each (all are counted).
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub show: usize,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+}
+
+/// How long decided orders are remembered: shared by `run` and `audit` (which models it).
+#[derive(Debug, Clone, Args)]
+pub struct RetentionArgs {
+    /// How long a decided order's id is remembered for deduplication, in event time (its
+    /// partition's record timestamps), e.g. 7d or 12h: then the order is deleted from the
+    /// store (the read model keeps it) and a record with its id is decided again. `audit`
+    /// must be given the value the run had.
+    #[arg(long, env = "STOCKFLOW_ORDER_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub order_retention: Duration,
 }
 
 /// Where an application's state lives: shared by `run` and `reset`.
@@ -140,6 +154,9 @@ pub struct RunArgs {
     /// this after its timestamp is decided where it arrived.
     #[arg(long, env = "STOCKFLOW_MAX_TASK_IDLE_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub max_task_idle_ms: u64,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// `--decision-order`.
@@ -258,6 +275,14 @@ fn parse_schema(s: &str) -> Result<String, String> {
     } else {
         Err("use lower-case letters, digits and _ (at most 63, not starting with a digit)".into())
     }
+}
+
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if retention < Duration::from_millis(1) {
+        return Err("must be at least 1ms".into());
+    }
+    Ok(retention)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -413,6 +438,24 @@ mod tests {
         assert_eq!(show(&[]), 20);
         assert_eq!(show(&["--show", "3"]), 3);
         assert!(Cli::try_parse_from(["processor", "audit", "--show", "-1"]).is_err());
+    }
+
+    #[test]
+    fn order_retention_defaults_to_seven_days_in_run_and_audit() {
+        let retention = |argv: &[&str]| {
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Run(run) => run.retention.order_retention,
+                Command::Audit(audit) => audit.retention.order_retention,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(retention(&["processor", "run"]).ok(), Some(week));
+        assert_eq!(retention(&["processor", "audit"]).ok(), Some(week));
+        let two = ["processor", "audit", "--order-retention", "2s"];
+        assert_eq!(retention(&two).ok(), Some(Duration::from_secs(2)));
+        assert!(retention(&["processor", "run", "--order-retention", "0s"]).is_err());
+        assert!(retention(&["processor", "run", "--order-retention", "soon"]).is_err());
     }
 
     #[test]

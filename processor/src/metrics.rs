@@ -38,6 +38,8 @@ pub struct Metrics {
     pub order_outcomes: IntCounterVec,
     /// Orders whose id had been seen before.
     pub duplicate_orders: IntCounter,
+    /// Decided orders removed from the `orders` store once their retention passed.
+    pub expired_orders: IntCounter,
     /// Event-time mode: input records that arrived after their partition's time had moved
     /// past their timestamp because the partition was idle (decided where they arrived).
     pub late_records: IntCounter,
@@ -160,6 +162,11 @@ impl Metrics {
                 r,
                 "stockflow_duplicate_orders_total",
                 "Orders whose id was seen before.",
+            ),
+            expired_orders: counter(
+                r,
+                "stockflow_expired_orders_total",
+                "Decided orders removed from the orders store once their retention passed.",
             ),
             late_records: counter(
                 r,

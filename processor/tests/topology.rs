@@ -161,3 +161,38 @@ fn crashes_between_commits_repeat_nothing() {
     }
     assert!(crashes >= 50, "the runs crashed often ({crashes} crashes)");
 }
+
+#[test]
+fn in_arrival_mode_an_id_repeated_after_its_retention_is_decided_again() {
+    use processor::topology::DecisionOrder;
+    let world = World::new();
+    let retention = std::time::Duration::from_millis(100);
+    let mut driver =
+        world.driver_retaining(DriverConfig::default(), DecisionOrder::Arrival, retention);
+    pipe_inputs(&world, &mut driver, &[10], &[], &[1]);
+    // The same id at 2,000, 2,100 (within the retention: a duplicate), 2,101 (past it:
+    // decided again, reserving again) and 2,150 (within the second one's: a duplicate).
+    for at in [2_000, 2_100, 2_101, 2_150] {
+        let (_, bytes) = world.order("o-1", &[(0, 1)], at);
+        driver.pipe("orders", Some(b"o-1"), &bytes, at);
+        assert!(driver.run(100_000).expect("runs"), "the run settles");
+    }
+    let confirmed: Vec<OrderConfirmed> = driver
+        .read("orders-confirmed")
+        .iter()
+        .map(|r| world.decode(r.value.as_deref().expect("a value")))
+        .collect();
+    assert_eq!(confirmed.len(), 2, "decided twice: {confirmed:?}");
+    let last: InventoryUpdated = world.decode(
+        driver
+            .read("inventory-updated")
+            .last()
+            .and_then(|r| r.value.as_deref())
+            .expect("stock updates"),
+    );
+    assert_eq!(
+        (last.sku, last.available_after),
+        (sku(0), 8),
+        "reserved twice"
+    );
+}

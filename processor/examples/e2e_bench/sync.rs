@@ -41,6 +41,7 @@ fn bench_changes(
                     total_cents: 1999,
                     status: OrderStatus::Confirmed,
                     decided_at: Some(now_millis()),
+                    time: Some(now_millis()),
                 }),
             ),
             _ => (

@@ -3,7 +3,8 @@
 //! `orders-rejected`, `inventory-updated`) with `read_committed`, from the beginning up to the
 //! end offsets the topics had when it started, runs the clerk over the inputs, and lists where
 //! the topics say something else: an order with no outcome, with more than one, or with
-//! another decision (status, reason, rejected lines); an outcome for an order the inputs never
+//! another decision (status, reason, rejected lines); an order id decided again after its
+//! retention (`--order-retention`, which must be the run's) has one outcome per decision; an outcome for an order the inputs never
 //! held; a sku whose last `available_after` is not the clerk's stock.
 //!
 //! Reading is the shell (a `BaseConsumer` assigned every partition, polled until each position
@@ -192,26 +193,43 @@ fn describe_line(line: &RejectedLine) -> String {
 /// id, then outcomes for unknown orders, then skus, then unreadable records.
 pub fn compare(serial: &SerialResult, observed: &Observed) -> Vec<Difference> {
     let mut differences = Vec::new();
-    for (order_id, clerk) in &serial.decisions {
+    for (order_id, decisions) in &serial.decisions {
         let found = observed
             .outcomes
             .get(order_id)
             .map_or(&[][..], Vec::as_slice);
-        let order_id = order_id.clone();
-        let clerk = clerk.clone();
-        match found {
-            [] => differences.push(Difference::Missing { order_id, clerk }),
-            [(decision, at)] if *decision != clerk => differences.push(Difference::Differs {
-                order_id,
-                clerk,
-                found: (decision.clone(), at.clone()),
-            }),
-            [_] => {}
-            found => differences.push(Difference::Repeated {
-                order_id,
-                clerk,
+        if found.len() > decisions.len() {
+            differences.push(Difference::Repeated {
+                order_id: order_id.clone(),
+                clerk: decisions[decisions.len() - 1].clone(),
                 found: found.to_vec(),
-            }),
+            });
+            continue;
+        }
+        // An id decided more than once (retention) is compared decision for decision, in any
+        // order: the outcome topics are two, so their offsets do not order the decisions.
+        let mut unmatched: Vec<&(Decision, Location)> = found.iter().collect();
+        let mut missed = Vec::new();
+        for clerk in decisions {
+            match unmatched.iter().position(|(decision, _)| decision == clerk) {
+                Some(i) => {
+                    unmatched.remove(i);
+                }
+                None => missed.push(clerk),
+            }
+        }
+        let mut unmatched = unmatched.into_iter();
+        for clerk in missed {
+            let order_id = order_id.clone();
+            let clerk = clerk.clone();
+            differences.push(match unmatched.next() {
+                Some(found) => Difference::Differs {
+                    order_id,
+                    clerk,
+                    found: found.clone(),
+                },
+                None => Difference::Missing { order_id, clerk },
+            });
         }
     }
     for (order_id, found) in &observed.outcomes {
@@ -254,7 +272,7 @@ pub struct Report {
     pub missing: Vec<String>,
     /// Input records that do not decode (dead letters: the clerk skips them).
     pub poison: usize,
-    /// Order ids the clerk decided.
+    /// Decisions the clerk made (an order id decided again after its retention counts again).
     pub orders: usize,
     /// Input records of an order id seen before (the clerk ignores them).
     pub duplicates: u64,
@@ -411,14 +429,15 @@ pub async fn audit(connection: &ConnectionArgs, args: &AuditArgs) -> anyhow::Res
         found.sort_by(|a, b| a.1.cmp(&b.1));
     }
 
-    let serial = tokio::task::spawn_blocking(move || serial::run(inputs))
+    let retention = args.retention.order_retention;
+    let serial = tokio::task::spawn_blocking(move || serial::run(inputs, retention))
         .await
         .context("the clerk's thread panicked")?;
     let report = Report {
         records,
         missing,
         poison,
-        orders: serial.decisions.len(),
+        orders: serial.decisions.values().map(Vec::len).sum(),
         duplicates: serial.duplicates,
         differences: compare(&serial, &observed),
     };

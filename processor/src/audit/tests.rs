@@ -24,11 +24,11 @@ fn short(sku: &str, requested: i32, available: i64) -> Decision {
 fn serial() -> SerialResult {
     SerialResult {
         decisions: BTreeMap::from([
-            ("o1".into(), Decision::Confirmed),
-            ("o2".into(), short("A", 5, 1)),
-            ("o3".into(), Decision::Confirmed),
-            ("o4".into(), short("B", 2, 0)),
-            ("o5".into(), Decision::Confirmed),
+            ("o1".into(), vec![Decision::Confirmed]),
+            ("o2".into(), vec![short("A", 5, 1)]),
+            ("o3".into(), vec![Decision::Confirmed]),
+            ("o4".into(), vec![short("B", 2, 0)]),
+            ("o5".into(), vec![Decision::Confirmed]),
         ]),
         stock: BTreeMap::from([("A".into(), 1), ("B".into(), 0), ("C".into(), 7)]),
         duplicates: 0,
@@ -43,7 +43,7 @@ fn the_same_decisions_and_stock_are_no_difference() {
             .decisions
             .iter()
             .enumerate()
-            .map(|(i, (id, d))| (id.clone(), vec![(d.clone(), at("out", i as i64))]))
+            .map(|(i, (id, d))| (id.clone(), vec![(d[0].clone(), at("out", i as i64))]))
             .collect(),
         stock: serial.stock.clone(),
         unreadable: Vec::new(),
@@ -155,4 +155,58 @@ fn the_report_counts_by_kind_and_shows_the_first_n() {
         "{text}"
     );
     assert!(!text.contains("order o2"), "{text}");
+}
+
+#[test]
+fn an_id_decided_again_after_its_retention_needs_one_outcome_per_decision() {
+    let serial = SerialResult {
+        decisions: BTreeMap::from([("o1".into(), vec![Decision::Confirmed, short("A", 5, 1)])]),
+        ..SerialResult::default()
+    };
+    let observed = |found: Vec<(Decision, Location)>| Observed {
+        outcomes: BTreeMap::from([("o1".into(), found)]),
+        ..Observed::default()
+    };
+    // Both decisions, in either topic's order: no difference.
+    let both = observed(vec![
+        (Decision::Confirmed, at("confirmed", 9)),
+        (short("A", 5, 1), at("rejected", 0)),
+    ]);
+    assert_eq!(compare(&serial, &both), vec![]);
+    // Only the first: the second is missing.
+    let first = observed(vec![(Decision::Confirmed, at("confirmed", 9))]);
+    assert_eq!(
+        compare(&serial, &first),
+        vec![Difference::Missing {
+            order_id: "o1".into(),
+            clerk: short("A", 5, 1),
+        }]
+    );
+    // Two outcomes, one not the clerk's: that one differs.
+    let other = observed(vec![
+        (Decision::Confirmed, at("confirmed", 9)),
+        (Decision::Confirmed, at("confirmed", 10)),
+    ]);
+    assert_eq!(
+        compare(&serial, &other),
+        vec![Difference::Differs {
+            order_id: "o1".into(),
+            clerk: short("A", 5, 1),
+            found: (Decision::Confirmed, at("confirmed", 10)),
+        }]
+    );
+    // Three: more than the clerk's two.
+    let mut three = other.clone();
+    three
+        .outcomes
+        .get_mut("o1")
+        .expect("o1")
+        .push((short("A", 5, 1), at("rejected", 0)));
+    assert_eq!(
+        compare(&serial, &three)
+            .iter()
+            .map(Difference::kind)
+            .collect::<Vec<_>>(),
+        vec!["more than one outcome"]
+    );
 }

@@ -298,6 +298,7 @@ mod tests {
             total_cents: 100,
             status,
             decided_at,
+            time: Some(1),
         }
     }
 
@@ -313,6 +314,15 @@ mod tests {
                 .collect(),
             committed_at: Instant::now(),
         }
+    }
+
+    #[test]
+    fn the_order_tasks_own_keys_are_not_shown() {
+        use crate::topology::order::keys as order_keys;
+        assert!(shows(ORDERS_STORE, b"o-1"));
+        assert!(!shows(ORDERS_STORE, b"\0partition-time"));
+        // The retention index: its keys (and their tombstones) never reach a row.
+        assert!(!shows(ORDERS_STORE, &order_keys::expiry(1_000, "o-1")));
     }
 
     #[test]

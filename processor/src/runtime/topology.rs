@@ -317,6 +317,18 @@ pub trait TaskContext {
     /// keeps in memory, not for every record.
     fn scan(&self, store: StoreId, prefix: &[u8]) -> Result<super::store::Entries, ProcessError>;
 
+    /// At most `limit` entries of `store` with keys in `from..to`, in key order, as the store
+    /// holds them once committed and applied (in the engine: what RocksDB holds, so what the
+    /// read model has been handed), leaving out every key with a write not yet applied. A
+    /// bounded range read, for work done in batches (expiring old entries) from `punctuate`.
+    fn scan_settled(
+        &self,
+        store: StoreId,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<super::store::Entries, ProcessError>;
+
     /// Sends a record to `sink`, to `partition` if given, else to the partition the producers'
     /// partitioner picks for `key`. It becomes visible when the task's transaction commits.
     fn send(

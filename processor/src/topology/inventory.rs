@@ -208,6 +208,13 @@ pub fn on_command(
         // A confirmed line keeps its stock: nothing changes here (the event-time wiring
         // settles its pending hold).
         LineCommand::Confirm { .. } => InventoryDecision::default(),
+        // A forgotten order's line: its reservation key goes; its units stay taken (reserved
+        // counts units of confirmed orders).
+        LineCommand::Forget { .. } => InventoryDecision {
+            reservation: Change::Delete,
+            duplicate: reservation.is_none(),
+            ..Default::default()
+        },
         LineCommand::Release { order_id, sku, .. } => {
             let (Some(held), Some(current)) = (reservation, sku_record) else {
                 // Nothing held (a replayed release): nothing to give back.

@@ -58,6 +58,14 @@ pub enum LineCommand {
         line: u32,
         sku: String,
     },
+    /// Line `line` of a confirmed `order_id` is forgotten (order retention): its reservation
+    /// key goes, its stock stays taken, so that a new order of the same id reserves afresh.
+    /// Settles like a confirm, on arrival. (A build before retention cannot decode it.)
+    Forget {
+        order_id: String,
+        line: u32,
+        sku: String,
+    },
 }
 
 impl LineCommand {
@@ -66,7 +74,8 @@ impl LineCommand {
         match self {
             LineCommand::Reserve { order_id, line, .. }
             | LineCommand::Release { order_id, line, .. }
-            | LineCommand::Confirm { order_id, line, .. } => (order_id, *line),
+            | LineCommand::Confirm { order_id, line, .. }
+            | LineCommand::Forget { order_id, line, .. } => (order_id, *line),
         }
     }
 
@@ -74,7 +83,8 @@ impl LineCommand {
         match self {
             LineCommand::Reserve { sku, .. }
             | LineCommand::Release { sku, .. }
-            | LineCommand::Confirm { sku, .. } => sku,
+            | LineCommand::Confirm { sku, .. }
+            | LineCommand::Forget { sku, .. } => sku,
         }
     }
 }
@@ -341,14 +351,17 @@ pub fn describe_wired(application_id: &str, topics: &Topics) -> (Topology, Wirin
     (builder.build(), wiring)
 }
 
-/// The topology with its processors, ready to run, deciding in `order`.
+/// The topology with its processors, ready to run, deciding in `order`, and remembering a
+/// decided order for `retention` of event time (ARCHITECTURE.md, "Order retention").
 pub fn build(
     application_id: &str,
     topics: &Topics,
     codec: Arc<Codec>,
     metrics: Metrics,
     order: DecisionOrder,
+    retention: std::time::Duration,
 ) -> Topology {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let (mut builder, wiring) = describe_with_handles(application_id, topics);
     let avro = processors::Avro::new(codec);
     let sequencing = match order {
@@ -366,7 +379,9 @@ pub fn build(
     let (a, m) = (avro.clone(), metrics.clone());
     builder.processors(
         usize::from(ORDERS),
-        Arc::new(move |_: TaskId| processors::orders(wiring, a.clone(), m.clone(), sequencing)),
+        Arc::new(move |_: TaskId| {
+            processors::orders(wiring, a.clone(), m.clone(), sequencing, retention_ms)
+        }),
     );
     builder.processors(
         usize::from(INVENTORY),
@@ -398,6 +413,7 @@ mod format_tests {
             total_cents: 3998,
             status,
             decided_at: Some(1_795_331_857_123),
+            time: Some(1_795_331_857_000),
         }
     }
 
@@ -437,6 +453,40 @@ mod format_tests {
             quantity: 5,
         };
         assert_eq!(decode::<LineCommand>(&encode(&command)), Ok(command));
+    }
+
+    #[test]
+    fn an_order_record_from_before_retention_reads_with_no_time_and_the_new_one_as_old() {
+        /// The record as builds before retention wrote and read it.
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Before {
+            customer_id: String,
+            currency: String,
+            created_at: i64,
+            lines: Vec<schemas::OrderLine>,
+            total_cents: i64,
+            status: OrderStatus,
+            decided_at: Option<i64>,
+        }
+        let new = record(OrderStatus::Confirmed);
+        let before = Before {
+            customer_id: new.customer_id.clone(),
+            currency: new.currency.clone(),
+            created_at: new.created_at,
+            lines: new.lines.clone(),
+            total_cents: new.total_cents,
+            status: new.status.clone(),
+            decided_at: new.decided_at,
+        };
+        let old = decode::<OrderRecord>(&encode(&before)).expect("an old record reads");
+        assert_eq!(
+            old,
+            OrderRecord {
+                time: None,
+                ..new.clone()
+            }
+        );
+        assert_eq!(decode::<Before>(&encode(&new)), Ok(before));
     }
 
     #[test]

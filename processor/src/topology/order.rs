@@ -1,7 +1,9 @@
 //! Sub-topology A, by order_id: an order's life from `OrderCreated` to its one outcome.
 //!
 //! Store `orders`: order_id -> [`OrderRecord`]. A record exists from the first time an order id
-//! is seen, so a repeated id is recognised as a duplicate and gets no second outcome.
+//! is seen, so a repeated id is recognised as a duplicate and gets no second outcome, until
+//! the order is decided and its retention has passed in event time ([`expired`]): then the id
+//! is forgotten, and a record of it is a new order (ARCHITECTURE.md, "Order retention").
 
 use schemas::{
     OrderConfirmed, OrderCreated, OrderLine, OrderRejected, RejectedLine, RejectionReason,
@@ -21,6 +23,30 @@ pub struct OrderRecord {
     pub status: OrderStatus,
     /// When the outcome was decided (milliseconds since the epoch).
     pub decided_at: Option<i64>,
+    /// The order's time for retention: its partition's time (the highest record timestamp
+    /// up to and including its record) when it was created. `None` in a record written by a
+    /// build before retention: such an order is never forgotten. The last field, read as
+    /// `None` when the bytes end before it; a build before it ignores it.
+    #[serde(default, deserialize_with = "trailing")]
+    pub time: Option<i64>,
+}
+
+/// A trailing optional field: `None` when the value ends before it (a record written before
+/// the field existed; postcard has no field names, and an older build reads the fields it
+/// knows and ignores the rest).
+fn trailing<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Ok(Option::<i64>::deserialize(deserializer).unwrap_or(None))
+}
+
+/// Whether a stored order counts as gone for a record whose partition time is
+/// `partition_time`: it is decided, and its time is more than `retention_ms` behind. Pending
+/// orders are never forgotten (their line results are still to come).
+pub fn expired(record: &OrderRecord, partition_time: i64, retention_ms: i64) -> bool {
+    let decided = !matches!(record.status, OrderStatus::Pending { .. });
+    decided
+        && record
+            .time
+            .is_some_and(|time| time < partition_time.saturating_sub(retention_ms))
 }
 
 /// Where an order stands.
@@ -37,6 +63,38 @@ pub enum OrderStatus {
         message: String,
         lines: Vec<RejectedLine>,
     },
+}
+
+/// The retention index's keys in the `orders` store: a zero byte (no order id starts with
+/// one, and the read model skips such keys), `t/`, the order's time in 8 bytes that sort as
+/// the time does (big-endian, sign bit flipped), and the order id. One per decided order
+/// that has a time, so expiry reads the oldest first and never scans every order.
+pub mod keys {
+    /// The prefix of every index key.
+    pub const EXPIRY_PREFIX: &[u8] = b"\0t/";
+
+    /// The index key of the order `order_id` of time `time`.
+    pub fn expiry(time: i64, order_id: &str) -> Vec<u8> {
+        let mut key = expiry_below(time);
+        key.extend_from_slice(order_id.as_bytes());
+        key
+    }
+
+    /// The lowest index key of time `time`: every key of an earlier time is below it.
+    pub fn expiry_below(time: i64) -> Vec<u8> {
+        let mut key = Vec::with_capacity(EXPIRY_PREFIX.len() + 8 + 16);
+        key.extend_from_slice(EXPIRY_PREFIX);
+        key.extend_from_slice(&((time as u64) ^ (1 << 63)).to_be_bytes());
+        key
+    }
+
+    /// The time and order id of an index key (`None`: not one).
+    pub fn parse_expiry(key: &[u8]) -> Option<(i64, &str)> {
+        let rest = key.strip_prefix(EXPIRY_PREFIX)?;
+        let (time, id) = rest.split_at_checked(8)?;
+        let time = u64::from_be_bytes(time.try_into().ok()?) ^ (1 << 63);
+        Some((time as i64, std::str::from_utf8(id).ok()?))
+    }
 }
 
 /// What deciding one record produced.
@@ -92,11 +150,31 @@ pub fn validate(order: &OrderCreated) -> Option<String> {
     None
 }
 
-/// A new `OrderCreated`: a duplicate, an invalid order (rejected at once), or a valid one whose
-/// lines go out as reserve commands.
+/// What forgetting an expired order sends: for a confirmed order, a [`LineCommand::Forget`]
+/// per line (its reservations go, its stock stays taken); a rejected order holds nothing.
+pub fn forget(order_id: &str, record: &OrderRecord) -> Vec<LineCommand> {
+    if record.status != OrderStatus::Confirmed {
+        return Vec::new();
+    }
+    record
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| LineCommand::Forget {
+            order_id: order_id.to_owned(),
+            line: i as u32,
+            sku: line.sku.clone(),
+        })
+        .collect()
+}
+
+/// A new `OrderCreated` at partition time `time`: a duplicate, an invalid order (rejected at
+/// once), or a valid one whose lines go out as reserve commands. `existing` is the id's record
+/// unless it has [`expired`].
 pub fn on_order_created(
     existing: Option<&OrderRecord>,
     order: OrderCreated,
+    time: i64,
     now: i64,
 ) -> OrderDecision {
     if existing.is_some() {
@@ -116,7 +194,7 @@ pub fn on_order_created(
             })
             .collect();
         return reject(
-            record_of(&order),
+            record_of(&order, time),
             &order.order_id,
             RejectionReason::InvalidOrder,
             message,
@@ -137,13 +215,13 @@ pub fn on_order_created(
         })
         .collect();
     OrderDecision {
-        record: Some(record_of(&order)),
+        record: Some(record_of(&order, time)),
         commands,
         ..OrderDecision::default()
     }
 }
 
-fn record_of(order: &OrderCreated) -> OrderRecord {
+fn record_of(order: &OrderCreated, time: i64) -> OrderRecord {
     OrderRecord {
         customer_id: order.customer_id.clone(),
         currency: order.currency.clone(),
@@ -158,6 +236,7 @@ fn record_of(order: &OrderCreated) -> OrderRecord {
         },
         lines: order.lines.clone(),
         decided_at: None,
+        time: Some(time),
     }
 }
 
@@ -329,7 +408,7 @@ mod tests {
 
     #[test]
     fn a_valid_order_fans_out_one_reserve_per_line() {
-        let decision = on_order_created(None, order("o", &[("A", 1), ("B", 2)]), 20);
+        let decision = on_order_created(None, order("o", &[("A", 1), ("B", 2)]), 5, 20);
         assert_eq!(decision.commands.len(), 2);
         assert_eq!(
             decision.commands[1],
@@ -358,7 +437,7 @@ mod tests {
             (order("o", &[("A", 0)]), "quantity 0"),
             (order("o", &[("A", -2)]), "quantity -2"),
         ] {
-            let decision = on_order_created(None, bad, 20);
+            let decision = on_order_created(None, bad, 5, 20);
             match decision.outcome {
                 Some(Outcome::Rejected(r)) => {
                     assert_eq!(r.reason, RejectionReason::InvalidOrder);
@@ -379,10 +458,10 @@ mod tests {
 
     #[test]
     fn a_repeated_order_id_is_a_duplicate_with_no_outcome() {
-        let first = on_order_created(None, order("o", &[("A", 1)]), 20)
+        let first = on_order_created(None, order("o", &[("A", 1)]), 5, 20)
             .record
             .expect("stored");
-        let again = on_order_created(Some(&first), order("o", &[("A", 1)]), 30);
+        let again = on_order_created(Some(&first), order("o", &[("A", 1)]), 5, 30);
         assert!(
             again.duplicate
                 && again.record.is_none()
@@ -393,7 +472,7 @@ mod tests {
 
     #[test]
     fn all_lines_reserved_confirms() {
-        let record = on_order_created(None, order("o", &[("A", 1), ("B", 2)]), 20).record;
+        let record = on_order_created(None, order("o", &[("A", 1), ("B", 2)]), 5, 20).record;
         let d1 = on_line_result(record, result("o", 1, LineOutcome::Reserved), 30);
         assert!(d1.outcome.is_none());
         let d2 = on_line_result(d1.record, result("o", 0, LineOutcome::Reserved), 40);
@@ -408,7 +487,7 @@ mod tests {
 
     #[test]
     fn one_short_line_rejects_and_releases_the_others() {
-        let record = on_order_created(None, order("o", &[("A", 1), ("B", 5)]), 20).record;
+        let record = on_order_created(None, order("o", &[("A", 1), ("B", 5)]), 5, 20).record;
         let d1 = on_line_result(record, result("o", 0, LineOutcome::Reserved), 30);
         let d2 = on_line_result(
             d1.record,
@@ -442,7 +521,7 @@ mod tests {
 
     #[test]
     fn an_unknown_sku_wins_over_short_stock() {
-        let record = on_order_created(None, order("o", &[("A", 1), ("Z", 1)]), 20).record;
+        let record = on_order_created(None, order("o", &[("A", 1), ("Z", 1)]), 5, 20).record;
         let d1 = on_line_result(
             record,
             result("o", 0, LineOutcome::Insufficient { available: 0 }),
@@ -464,7 +543,7 @@ mod tests {
 
     #[test]
     fn replayed_results_change_nothing() {
-        let record = on_order_created(None, order("o", &[("A", 1)]), 20).record;
+        let record = on_order_created(None, order("o", &[("A", 1)]), 5, 20).record;
         let decided = on_line_result(record, result("o", 0, LineOutcome::Reserved), 30);
         let replay = on_line_result(decided.record, result("o", 0, LineOutcome::Reserved), 40);
         assert_eq!(replay, OrderDecision::default());
@@ -472,5 +551,70 @@ mod tests {
             on_line_result(None, result("x", 0, LineOutcome::Reserved), 1),
             OrderDecision::default()
         );
+    }
+
+    #[test]
+    fn only_a_decided_order_past_its_retention_is_forgotten() {
+        let pending = on_order_created(None, order("o", &[("A", 1)]), 1_000, 20)
+            .record
+            .expect("stored");
+        assert_eq!(pending.time, Some(1_000));
+        let decided = on_line_result(
+            Some(pending.clone()),
+            result("o", 0, LineOutcome::Reserved),
+            30,
+        )
+        .record
+        .expect("decided");
+        // Retention 100: forgotten once the partition's time is past 1,100, not at 1,100.
+        assert!(!expired(&decided, 1_100, 100));
+        assert!(expired(&decided, 1_101, 100));
+        // Pending orders wait for their results, however old.
+        assert!(!expired(&pending, i64::MAX, 100));
+        // A record from before retention has no time: kept.
+        let old = OrderRecord {
+            time: None,
+            ..decided.clone()
+        };
+        assert!(!expired(&old, i64::MAX, 100));
+        // No overflow at the ends of time.
+        assert!(!expired(&decided, i64::MIN, i64::MAX));
+        // Forgetting it drops its reservations (a rejected order holds none).
+        assert_eq!(
+            forget("o", &decided),
+            vec![LineCommand::Forget {
+                order_id: "o".into(),
+                line: 0,
+                sku: "A".into()
+            }]
+        );
+        let rejected = on_line_result(
+            Some(pending.clone()),
+            result("o", 0, LineOutcome::Insufficient { available: 0 }),
+            30,
+        )
+        .record
+        .expect("decided");
+        assert!(forget("o", &rejected).is_empty());
+        // Forgotten, the id is a new order again.
+        let again = on_order_created(None, order("o", &[("A", 1)]), 1_101, 40);
+        assert!(!again.duplicate && again.commands.len() == 1);
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time_and_parse_back() {
+        let times = [i64::MIN, -5, -1, 0, 1, 1_000, i64::MAX];
+        let keys: Vec<Vec<u8>> = times.iter().map(|&t| keys::expiry(t, "o-1")).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        for (&time, key) in times.iter().zip(&keys) {
+            assert_eq!(keys::parse_expiry(key), Some((time, "o-1")));
+            assert!(keys::expiry_below(time) <= *key);
+            if time < i64::MAX {
+                assert!(*key < keys::expiry_below(time + 1));
+            }
+        }
+        assert!(keys::expiry(9, "zzz") < keys::expiry_below(10));
+        assert_eq!(keys::parse_expiry(b"o-1"), None);
+        assert_eq!(keys::expiry(1, "o")[0], 0, "a key no order id takes");
     }
 }

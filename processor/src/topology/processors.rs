@@ -5,8 +5,11 @@
 //! Undecodable records and nonsense adjustments are dead-lettered; a registry that cannot be
 //! reached is not the record's fault and is retried ([`ProcessError::Retry`]).
 //!
-//! In event-time mode ([`Sequencing`]) the order processor also keeps its partition's time,
-//! places each reserve in the canonical order and sends watermarks; the inventory processor
+//! The order processor keeps its partition's time in both modes: a decided order is forgotten
+//! once it is more than the retention behind it ([`order::expired`]), and a punctuation
+//! deletes such orders from the store in batches, oldest first, through the retention index
+//! ([`order::keys`]). In event-time mode ([`Sequencing`]) it also places each reserve in the
+//! canonical order and sends watermarks; the inventory processor
 //! merges its origins and lets reserves wait for earlier orders' holds ([`super::event_time`];
 //! ARCHITECTURE.md, "Decision order").
 
@@ -39,6 +42,14 @@ pub struct Sequencing {
 /// ids are not empty and are compared by bytes, and the read model skips keys starting with
 /// a zero byte).
 pub const PARTITION_TIME: &[u8] = b"\0partition-time";
+
+/// How often an order task deletes expired orders from its store (wall clock), unless its
+/// last batch was full; and a batch's size.
+const SWEEP_EVERY_MS: i64 = 200;
+const SWEEP_BATCH: usize = 2_000;
+
+/// An arrival-mode order task's punctuation (for the sweep only).
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long an inventory task waits on an order task's watermark that does not move before it
 /// asks for it ([`super::WatermarkRequest`]), and again between two requests.
@@ -100,21 +111,25 @@ impl Avro {
     }
 }
 
-/// Sub-topology A's processor (see [`super::order`]); `sequencing` for event-time mode.
+/// Sub-topology A's processor (see [`super::order`]); `sequencing` for event-time mode; a
+/// decided order is remembered for `retention_ms` of its partition's time.
 pub fn orders(
     wiring: Wiring,
     avro: Avro,
     metrics: Metrics,
     sequencing: Option<Sequencing>,
+    retention_ms: i64,
 ) -> Box<dyn Processor> {
     Box::new(Orders {
         wiring,
         avro,
         metrics,
         sequencing,
+        retention_ms,
         time: PartitionTime::default(),
         sent: None,
         requested: None,
+        swept_at: i64::MIN,
     })
 }
 
@@ -143,21 +158,25 @@ struct Orders {
     avro: Avro,
     metrics: Metrics,
     sequencing: Option<Sequencing>,
-    /// Event-time mode: the `orders` partition's time.
+    retention_ms: i64,
+    /// The `orders` partition's time.
     time: PartitionTime,
     /// The last watermark sent.
     sent: Option<Position>,
     /// The highest position an inventory task asked this task's watermark to pass.
     requested: Option<Position>,
+    /// When (wall clock) the last sweep of expired orders ran.
+    swept_at: i64,
 }
 
 impl Processor for Orders {
     fn init(&mut self, ctx: &mut dyn TaskContext) -> Result<(), ProcessError> {
-        if self.sequencing.is_some() {
-            let store = self.wiring.orders_store;
-            self.time = ctx.get_value(store, PARTITION_TIME)?.unwrap_or_default();
-            ctx.schedule(WATERMARK_INTERVAL);
-        }
+        let store = self.wiring.orders_store;
+        self.time = ctx.get_value(store, PARTITION_TIME)?.unwrap_or_default();
+        ctx.schedule(match self.sequencing {
+            Some(_) => WATERMARK_INTERVAL,
+            None => SWEEP_INTERVAL,
+        });
         Ok(())
     }
 
@@ -169,26 +188,36 @@ impl Processor for Orders {
         let store = self.wiring.orders_store;
         if record.source == self.wiring.orders {
             // Every record moves the partition's time, undecodable ones too: the clerk's
-            // merge sees them.
-            let position = self.sequencing.map(|s| {
-                let time = &mut self.time;
-                place(
-                    ctx,
-                    store,
-                    PARTITION_TIME,
-                    time,
-                    s.orders_rank,
-                    record,
-                    &self.metrics,
-                )
-            });
+            // merge sees them. (Arrival mode keeps it too, for retention.)
+            let rank = self.sequencing.map_or(0, |s| s.orders_rank);
+            let time = &mut self.time;
+            let at = place(
+                ctx,
+                store,
+                PARTITION_TIME,
+                time,
+                rank,
+                record,
+                &self.metrics,
+            );
+            let position = self.sequencing.map(|_| at);
             let order: OrderCreated = match self.avro.decode(record.value)? {
                 Ok(order) => order,
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
             };
             let order_id = order.order_id.clone();
-            let existing: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
-            let decision = order::on_order_created(existing.as_ref(), order, ctx.wall_clock());
+            // A decided order past its retention counts as gone, deleted yet or not; its
+            // reservations are forgotten before the new order's reserves go out.
+            let stored: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
+            let (existing, forgotten) = match stored {
+                Some(old) if order::expired(&old, at.time, self.retention_ms) => {
+                    (None, order::forget(&order_id, &old))
+                }
+                stored => (stored, Vec::new()),
+            };
+            let mut decision =
+                order::on_order_created(existing.as_ref(), order, at.time, ctx.wall_clock());
+            decision.commands.splice(0..0, forgotten);
             self.apply(ctx, &order_id, decision, position)
         } else {
             let value = record.value.unwrap_or_default();
@@ -216,9 +245,11 @@ impl Processor for Orders {
         }
     }
 
-    /// Event-time mode: sends the watermark to every inventory task when it has moved; when an
-    /// inventory task waits for it and the partition is idle, moves the partition's time on.
+    /// Deletes expired orders ([`Orders::sweep`]). Event-time mode: sends the watermark to
+    /// every inventory task when it has moved; when an inventory task waits for it and the
+    /// partition is idle, moves the partition's time on.
     fn punctuate(&mut self, ctx: &mut dyn TaskContext, now: i64) -> Result<(), ProcessError> {
+        self.sweep(ctx, now)?;
         let Some(s) = self.sequencing else {
             return Ok(());
         };
@@ -252,6 +283,64 @@ impl Processor for Orders {
 }
 
 impl Orders {
+    /// Sends a command to the inventory task of its sku, answering to this task.
+    fn send_command(
+        &self,
+        ctx: &mut dyn TaskContext,
+        command: LineCommand,
+        position: Option<Position>,
+        sole_line: bool,
+    ) -> Result<(), ProcessError> {
+        let sku = command.sku().to_owned();
+        let envelope = CommandEnvelope {
+            reply_partition: ctx.task().partition,
+            command,
+            position,
+            sole_line,
+        };
+        let bytes = format::encode(&envelope);
+        ctx.send(self.wiring.line_commands, sku.as_bytes(), &bytes, None)
+    }
+
+    /// Deletes, oldest first and at most [`SWEEP_BATCH`] at a time, the decided orders that
+    /// have expired at the partition's time (a store delete, so a changelog tombstone), with
+    /// their index keys. Only index keys that are committed and applied are read: a decided
+    /// order is then in RocksDB, so the read model has been handed it, and a delete never
+    /// meets its put in one commit (which would leave the read model without it).
+    fn sweep(&mut self, ctx: &mut dyn TaskContext, now: i64) -> Result<(), ProcessError> {
+        if self.time.time == i64::MIN || now.saturating_sub(self.swept_at) < SWEEP_EVERY_MS {
+            return Ok(());
+        }
+        let store = self.wiring.orders_store;
+        // Index keys of times below this have expired (`order::expired`).
+        let below = self.time.time.saturating_sub(self.retention_ms);
+        let from = order::keys::EXPIRY_PREFIX;
+        let to = order::keys::expiry_below(below);
+        let batch = ctx.scan_settled(store, from, &to, SWEEP_BATCH)?;
+        for (key, _) in &batch {
+            ctx.delete(store, key);
+            let Some((time, order_id)) = order::keys::parse_expiry(key) else {
+                continue;
+            };
+            // The id may have been taken again by a newer order since: only this one goes.
+            let record: Option<OrderRecord> = ctx.get_value(store, order_id.as_bytes())?;
+            if let Some(record) = record.filter(|r| {
+                r.time == Some(time) && order::expired(r, self.time.time, self.retention_ms)
+            }) {
+                ctx.delete(store, order_id.as_bytes());
+                for command in order::forget(order_id, &record) {
+                    self.send_command(ctx, command, None, false)?;
+                }
+                self.metrics.expired_orders.inc();
+            }
+        }
+        // A full batch: more are due, at the next punctuation.
+        if batch.len() < SWEEP_BATCH {
+            self.swept_at = now;
+        }
+        Ok(())
+    }
+
     fn apply(
         &self,
         ctx: &mut dyn TaskContext,
@@ -265,8 +354,13 @@ impl Orders {
         }
         if let Some(record) = &decision.record {
             ctx.put_value(w.orders_store, order_id.as_bytes(), record);
+            // Decided: indexed for expiry by its time.
+            if decision.outcome.is_some()
+                && let Some(time) = record.time
+            {
+                ctx.put_value(w.orders_store, &order::keys::expiry(time, order_id), &());
+            }
         }
-        let reply_partition = ctx.task().partition;
         let reserves = decision
             .commands
             .iter()
@@ -279,25 +373,15 @@ impl Orders {
                 }
                 // Only event-time mode settles holds.
                 LineCommand::Confirm { .. } if self.sequencing.is_none() => continue,
-                LineCommand::Release { .. } | LineCommand::Confirm { .. } => None,
+                LineCommand::Release { .. }
+                | LineCommand::Confirm { .. }
+                | LineCommand::Forget { .. } => None,
             };
-            let sku = command.sku().to_owned();
             // A new order's reserves are all sent together: one is its only line. (Its confirm
             // is sent only if the inventory task says it kept a hold, as builds before
             // `sole_line` did.)
             let sole_line = position.is_some() && reserves == 1;
-            let envelope = CommandEnvelope {
-                reply_partition,
-                command,
-                position,
-                sole_line,
-            };
-            ctx.send(
-                w.line_commands,
-                sku.as_bytes(),
-                &format::encode(&envelope),
-                None,
-            )?;
+            self.send_command(ctx, command, position, sole_line)?;
         }
         let (event, sink, created_at, outcome, reason) = match &decision.outcome {
             None => return Ok(()),
@@ -559,9 +643,12 @@ impl Inventory {
                 (LineCommand::Reserve { .. }, None) => {
                     self.command(ctx, envelope, false).map(|_| ())
                 }
-                (LineCommand::Release { .. } | LineCommand::Confirm { .. }, _) => {
-                    self.settle(ctx, envelope)
-                }
+                (
+                    LineCommand::Release { .. }
+                    | LineCommand::Confirm { .. }
+                    | LineCommand::Forget { .. },
+                    _,
+                ) => self.settle(ctx, envelope),
             },
         }
     }

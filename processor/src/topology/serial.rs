@@ -7,8 +7,14 @@
 //! order is taken to its end before the next record: its lines are reserved one by one against
 //! the stock, and the order is confirmed, or rejected with what it reserved given back, by the
 //! same functions the tasks call ([`order`], [`inventory`]).
+//!
+//! Retention is modelled as the tasks apply it: the clerk keeps each input partition's time
+//! (the highest timestamp read from it so far), and an order record whose partition time is
+//! `M` finds a decided order of its id forgotten if that order's time is below `M` minus the
+//! retention ([`order::expired`]); it is then a new order, decided again.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::time::Duration;
 
 use schemas::{InventoryAdjusted, OrderCreated, RejectedLine, RejectionReason};
 
@@ -60,8 +66,9 @@ impl From<&Outcome> for Decision {
 /// What the clerk ends with.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SerialResult {
-    /// Every order id's one decision.
-    pub decisions: BTreeMap<String, Decision>,
+    /// Every order id's decisions, in canonical order: one, unless a record of the id came
+    /// after the retention of its decided order had passed.
+    pub decisions: BTreeMap<String, Vec<Decision>>,
     /// Every sku's available stock.
     pub stock: BTreeMap<String, i64>,
     /// Order ids seen again after their first record.
@@ -116,9 +123,11 @@ pub fn canonical_order(records: Vec<InputRecord>) -> Vec<InputRecord> {
     merged
 }
 
-/// The clerk's state: every order seen, and the inventory store.
+/// The clerk's state: every order seen, the inventory store, and every input partition's time.
 #[derive(Debug, Default)]
 pub struct Clerk {
+    retention_ms: i64,
+    times: HashMap<(String, i32), i64>,
     orders: HashMap<String, OrderRecord>,
     skus: HashMap<String, SkuRecord>,
     reservations: HashMap<(String, u32), Reservation>,
@@ -127,18 +136,46 @@ pub struct Clerk {
 }
 
 impl Clerk {
-    /// Applies one record, taking an order to its decision.
-    pub fn apply(&mut self, input: Input) {
-        match input {
-            Input::Order(created) => self.order(created),
+    /// A clerk that remembers a decided order for `retention` of event time.
+    pub fn new(retention: Duration) -> Self {
+        Self {
+            retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+            ..Self::default()
+        }
+    }
+
+    /// Applies one record (the next in canonical order), taking an order to its decision.
+    pub fn apply(&mut self, record: InputRecord) {
+        let time = self
+            .times
+            .entry((record.topic, record.partition))
+            .or_insert(i64::MIN);
+        *time = (*time).max(record.timestamp);
+        let time = *time;
+        match record.input {
+            Input::Order(created) => self.order(created, time),
             Input::Adjustment(adjustment) => self.adjustment(adjustment),
             Input::Poison => {}
         }
     }
 
-    fn order(&mut self, created: OrderCreated) {
+    fn order(&mut self, created: OrderCreated, time: i64) {
         let order_id = created.order_id.clone();
-        let decision = order::on_order_created(self.orders.get(&order_id), created, 0);
+        let forgotten = match self.orders.get(&order_id) {
+            Some(old) if order::expired(old, time, self.retention_ms) => {
+                order::forget(&order_id, old)
+            }
+            _ => Vec::new(),
+        };
+        // As the tasks do: the old order's reservations go before the new one reserves.
+        for command in forgotten {
+            self.command(command);
+        }
+        let existing = self
+            .orders
+            .get(&order_id)
+            .filter(|r| !order::expired(r, time, self.retention_ms));
+        let decision = order::on_order_created(existing, created, time, 0);
         if decision.duplicate {
             self.result.duplicates += 1;
             return;
@@ -159,7 +196,9 @@ impl Clerk {
             if let Some(outcome) = &outcome {
                 self.result
                     .decisions
-                    .insert(order_id.clone(), Decision::from(outcome));
+                    .entry(order_id.clone())
+                    .or_default()
+                    .push(Decision::from(outcome));
             }
             for command in commands {
                 if let Some(result) = self.command(command) {
@@ -179,7 +218,8 @@ impl Clerk {
         let (order_id, line) = match &command {
             LineCommand::Reserve { order_id, line, .. }
             | LineCommand::Release { order_id, line, .. }
-            | LineCommand::Confirm { order_id, line, .. } => (order_id.clone(), *line),
+            | LineCommand::Confirm { order_id, line, .. }
+            | LineCommand::Forget { order_id, line, .. } => (order_id.clone(), *line),
         };
         let sku = command.sku().to_owned();
         let key = (order_id, line);
@@ -230,11 +270,12 @@ impl Clerk {
     }
 }
 
-/// The clerk's result over `records` (in any order: they are put in canonical order first).
-pub fn run(records: Vec<InputRecord>) -> SerialResult {
-    let mut clerk = Clerk::default();
+/// The clerk's result over `records` (in any order: they are put in canonical order first),
+/// remembering a decided order for `retention`.
+pub fn run(records: Vec<InputRecord>, retention: Duration) -> SerialResult {
+    let mut clerk = Clerk::new(retention);
     for record in canonical_order(records) {
-        clerk.apply(record.input);
+        clerk.apply(record);
     }
     clerk.finish()
 }
@@ -284,6 +325,12 @@ mod tests {
         }
     }
 
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    fn weekly(records: Vec<InputRecord>) -> SerialResult {
+        run(records, WEEK)
+    }
+
     fn ids(records: &[InputRecord]) -> Vec<(String, i32, i64)> {
         records
             .iter()
@@ -314,7 +361,7 @@ mod tests {
     #[test]
     fn a_doomed_order_holds_nothing_and_a_later_order_gets_the_stock() {
         // o1 wants A (available) and B (short): rejected, and A stays for o2.
-        let result = run(vec![
+        let result = weekly(vec![
             at("adj", 0, 0, 1, stock("s-a", "A", 2)),
             at("adj", 0, 1, 2, stock("s-b", "B", 1)),
             at("orders", 0, 0, 10, order("o1", &[("A", 2), ("B", 5)])),
@@ -322,17 +369,17 @@ mod tests {
             at("orders", 0, 2, 12, order("o2", &[("A", 2)])),
         ]);
         assert_eq!(
-            result.decisions["o1"],
-            Decision::Rejected {
+            result.decisions["o1"][..],
+            [Decision::Rejected {
                 reason: RejectionReason::InsufficientStock,
                 lines: vec![RejectedLine {
                     sku: "B".into(),
                     requested: 5,
                     available: Some(1),
                 }],
-            }
+            }]
         );
-        assert_eq!(result.decisions["o2"], Decision::Confirmed);
+        assert_eq!(result.decisions["o2"], [Decision::Confirmed]);
         assert_eq!(result.duplicates, 1);
         assert_eq!(
             result.stock,
@@ -342,21 +389,61 @@ mod tests {
 
     #[test]
     fn lines_of_one_order_on_one_sku_add_up() {
-        let result = run(vec![
+        let result = weekly(vec![
             at("adj", 0, 0, 1, stock("s-a", "A", 3)),
             at("orders", 0, 0, 10, order("o1", &[("A", 2), ("A", 2)])),
         ]);
         assert_eq!(
-            result.decisions["o1"],
-            Decision::Rejected {
+            result.decisions["o1"][..],
+            [Decision::Rejected {
                 reason: RejectionReason::InsufficientStock,
                 lines: vec![RejectedLine {
                     sku: "A".into(),
                     requested: 2,
                     available: Some(1),
                 }],
-            }
+            }]
         );
         assert_eq!(result.stock["A"], 3);
+    }
+
+    #[test]
+    fn a_decided_order_is_forgotten_by_its_partitions_time_after_the_retention() {
+        let retention = Duration::from_millis(100);
+        let result = run(
+            vec![
+                at("adj", 0, 0, 1, stock("s-a", "A", 3)),
+                at("orders", 0, 0, 1_000, order("o1", &[("A", 1)])),
+                // Within the retention: a duplicate.
+                at("orders", 0, 1, 1_100, order("o1", &[("A", 1)])),
+                // Another partition's time does not count: still a duplicate of o1's time.
+                at("orders", 1, 0, 5_000, order("o2", &[("A", 1)])),
+                at("orders", 0, 2, 1_050, order("o1", &[("A", 1)])),
+                // Partition 0's time passes 1,100: o1 is forgotten and decided again, once.
+                at("orders", 0, 3, 1_101, order("o1", &[("A", 1)])),
+                at("orders", 0, 4, 1_102, order("o1", &[("A", 1)])),
+                // Again past the retention of the second one (time 1,101): decided a third
+                // time, on the stock left then (o2, at 5,000, comes after).
+                at("orders", 0, 5, 1_300, order("o1", &[("A", 5)])),
+                // Backwards in time: the partition's time stays 1,300, so a duplicate.
+                at("orders", 0, 6, 900, order("o1", &[("A", 1)])),
+            ],
+            retention,
+        );
+        let short = Decision::Rejected {
+            reason: RejectionReason::InsufficientStock,
+            lines: vec![RejectedLine {
+                sku: "A".into(),
+                requested: 5,
+                available: Some(1),
+            }],
+        };
+        assert_eq!(
+            result.decisions["o1"],
+            [Decision::Confirmed, Decision::Confirmed, short]
+        );
+        assert_eq!(result.decisions["o2"], [Decision::Confirmed]);
+        assert_eq!(result.duplicates, 4);
+        assert_eq!(result.stock["A"], 0);
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::executor::block_on;
 use processor::metrics::Metrics;
@@ -16,6 +17,9 @@ use proptest::prelude::*;
 use schemas::{
     AdjustmentMode, AdjustmentReason, Codec, InventoryAdjusted, OrderCreated, OrderLine, Topics,
 };
+
+/// The default order retention: longer than any test's stream.
+pub const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Skus 0..STOCKED get initial stock; STOCKED is never stocked (unknown).
 pub const STOCKED: u8 = 4;
@@ -78,8 +82,19 @@ impl World {
         config: DriverConfig,
         order: DecisionOrder,
     ) -> TopologyTestDriver {
+        self.driver_retaining(config, order, WEEK)
+    }
+
+    /// A driver whose order tasks remember a decided order for `retention`.
+    pub fn driver_retaining(
+        &self,
+        config: DriverConfig,
+        order: DecisionOrder,
+        retention: Duration,
+    ) -> TopologyTestDriver {
         let metrics = Metrics::new(prometheus::Registry::new());
-        let topology = topology::build("app", &self.topics, self.codec.clone(), metrics, order);
+        let codec = self.codec.clone();
+        let topology = topology::build("app", &self.topics, codec, metrics, order, retention);
         TopologyTestDriver::new(topology, config).expect("the driver opens every task")
     }
 
@@ -139,8 +154,20 @@ pub fn pipe_inputs(
     inputs: &[Input],
     steps: &[i64],
 ) -> (BTreeSet<String>, Vec<InputRecord>) {
+    pipe_inputs_at(world, driver, initial, inputs, steps, 1_000)
+}
+
+/// [`pipe_inputs`] from timestamp `start` (adjustment ids are unique per `start`).
+pub fn pipe_inputs_at(
+    world: &World,
+    driver: &mut TopologyTestDriver,
+    initial: &[i64],
+    inputs: &[Input],
+    steps: &[i64],
+    start: i64,
+) -> (BTreeSet<String>, Vec<InputRecord>) {
     let mut records = Vec::new();
-    let mut at = 1_000;
+    let mut at = start;
     let mut adjustment = 0;
     let mut adjust =
         |driver: &mut TopologyTestDriver, (value, bytes): (InventoryAdjusted, Vec<u8>), at| {
@@ -169,7 +196,7 @@ pub fn pipe_inputs(
     for (i, input) in inputs.iter().enumerate() {
         at += steps.get(i % steps.len().max(1)).copied().unwrap_or(1);
         adjustment += 1;
-        let id = format!("adj-{adjustment}");
+        let id = format!("adj-{start}-{adjustment}");
         let value = match input {
             Input::Order { id, lines } => {
                 let id = format!("order-{id}");

@@ -142,6 +142,26 @@ impl TaskContext for DriverContext<'_> {
             .collect())
     }
 
+    fn scan_settled(
+        &self,
+        store: StoreId,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProcessError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let store = &self.stores[usize::from(store.0)];
+        Ok(store
+            .committed
+            .range(from.to_vec()..to.to_vec())
+            .filter(|(k, _)| !store.pending.contains_key(*k))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn idle_since(&self, source: SourceId) -> Option<i64> {
         self.idle_since[usize::from(source.0)]
     }

@@ -518,6 +518,11 @@ impl TopologyTestDriver {
         }
     }
 
+    /// The driver's clock (milliseconds since the epoch).
+    pub fn clock(&self) -> i64 {
+        self.clock
+    }
+
     /// Moves the clock `millis` forward, one millisecond at a time, running the punctuations
     /// that fall due (and nothing else: [`Self::run`] processes what they send).
     pub fn advance(&mut self, millis: i64) -> Result<(), DriverError> {

@@ -61,6 +61,18 @@ impl TaskContext for EngineContext<'_> {
             .map_err(ProcessError::fatal)
     }
 
+    fn scan_settled(
+        &self,
+        store: StoreId,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ProcessError> {
+        self.task.stores[usize::from(store.0)]
+            .scan_settled(from, to, limit)
+            .map_err(ProcessError::fatal)
+    }
+
     fn idle_since(&self, source: SourceId) -> Option<i64> {
         self.task.sources[usize::from(source.0)].idle_since
     }

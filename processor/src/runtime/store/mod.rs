@@ -255,6 +255,40 @@ impl Store {
             .collect())
     }
 
+    /// At most `limit` entries with keys in `from..to`, in key order, as RocksDB holds them,
+    /// leaving out every key that a layer (pending, committing or being applied) writes: what
+    /// is committed, applied and handed to the subscription, and not about to change.
+    pub fn scan_settled(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        let mut entries = Vec::new();
+        if from >= to || limit == 0 {
+            return Ok(entries);
+        }
+        let written = |key: &[u8]| {
+            self.pending.contains_key(key)
+                || self.committing.contains_key(key)
+                || self.applying.iter().any(|a| a.layer.contains_key(key))
+        };
+        let mode = rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward);
+        for item in self.db.iterator(mode) {
+            let (key, value) = item.map_err(|e| self.rocks(e))?;
+            if &*key >= to {
+                break;
+            }
+            if !written(&key) {
+                entries.push((key.into_vec(), value.into_vec()));
+                if entries.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(entries)
+    }
+
     /// The value under `key`, decoded (see [`format`]).
     pub fn get_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         self.get(key.as_bytes())?
