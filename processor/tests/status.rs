@@ -74,7 +74,8 @@ async fn status_with_two_instances_one_killed_and_none() {
         tempfile::tempdir().expect("state dir"),
         tempfile::tempdir().expect("state dir"),
     );
-    let mut a = world.spawn_processor("a", state_a.path(), &[]);
+    // a runs two engine threads: three group members, two instances.
+    let mut a = world.spawn_processor("a", state_a.path(), &["--num-stream-threads", "2"]);
     a.wait_ready(MINUTE).await;
     let mut b = world.spawn_processor("b", state_b.path(), &[]);
     b.wait_ready(MINUTE).await;
@@ -104,16 +105,12 @@ async fn status_with_two_instances_one_killed_and_none() {
 
     // Drained: every input partition's committed offset reaches its end.
     let report = status_until(&world, MINUTE, |r| {
-        r.total_lag == 0 && r.members.len() == 2 && r.members.iter().all(|m| m.answered)
+        r.total_lag == 0 && r.members.len() == 3 && r.members.iter().all(|m| m.answered)
     })
     .await;
     eprintln!("{report:#?}");
     assert_eq!(report.group_state, "Stable");
-    assert_eq!(
-        report.members.len(),
-        2,
-        "one member per instance (one thread each)"
-    );
+    assert_eq!(report.members.len(), 3, "one member per engine thread");
     let instances: BTreeSet<&str> = report
         .members
         .iter()
@@ -125,6 +122,23 @@ async fn status_with_two_instances_one_killed_and_none() {
         .collect();
     assert_eq!(instances.len(), 2, "two instances: {instances:?}");
     assert_eq!(report.instances.len(), 2);
+    let threads: BTreeSet<(Option<usize>, usize)> = report
+        .instances
+        .iter()
+        .map(|i| {
+            let members = report
+                .members
+                .iter()
+                .filter(|m| m.instance.as_deref() == Some(&i.instance))
+                .count();
+            (i.threads, members)
+        })
+        .collect();
+    assert_eq!(
+        threads,
+        [(Some(1), 1), (Some(2), 2)].into_iter().collect(),
+        "each instance reports its threads, and each thread is a member"
+    );
     assert!(
         report
             .instances

@@ -36,9 +36,10 @@ pub struct TaskStatus {
     pub task: String,
     /// `restoring`, `running` or `suspended`.
     pub state: String,
-    /// Changelog records replayed so far by its restore (the one under way, or the last).
+    /// Changelog offsets its restore has covered so far (the one under way, or the last):
+    /// records replayed, and the transaction markers and aborted records passed over.
     pub restored: u64,
-    /// Changelog records its restore has to replay in all (known once each store's changelog
+    /// Changelog offsets its restore has to cover in all (known once each store's changelog
     /// end is known; grows as the restore reaches its next store).
     pub to_restore: u64,
 }

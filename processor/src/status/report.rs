@@ -521,7 +521,7 @@ impl fmt::Display for Screen<'_> {
             };
             writeln!(
                 f,
-                "{} on {}: {} of {} changelog records ({percent:.0}%)",
+                "{} on {}: {} of {} changelog offsets ({percent:.0}%)",
                 t.task, t.client_id, t.restored, t.to_restore
             )?;
         }
