@@ -77,6 +77,21 @@ async fn status_with_two_instances_one_killed_and_none() {
     // a runs two engine threads: three group members, two instances.
     let mut a = world.spawn_processor("a", state_a.path(), &["--num-stream-threads", "2"]);
     a.wait_ready(MINUTE).await;
+    // b joins once a has decided the seed's adjustments (14 skus, one changelog record each
+    // at least), so that b's inventory task has state to restore.
+    let changelog = format!("{}-inventory-changelog", world.application_id);
+    let started = Instant::now();
+    while testkit::kafka::high_watermarks(&world.bootstrap, &[changelog.as_str()])
+        .values()
+        .sum::<i64>()
+        < 14
+    {
+        assert!(
+            started.elapsed() < MINUTE,
+            "a wrote the seed's stock to its changelog"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut b = world.spawn_processor("b", state_b.path(), &[]);
     b.wait_ready(MINUTE).await;
     // Until the rebalance that gives b its share has settled: every task owned once, by both.
@@ -175,8 +190,28 @@ async fn status_with_two_instances_one_killed_and_none() {
             "{}: group and instance agree",
             member.client_id
         );
-        assert!(member.live_tasks.iter().all(|t| t.state == "running"));
+        // Restores finished, and said so as they went.
+        assert!(
+            member
+                .live_tasks
+                .iter()
+                .all(|t| t.state == "running" && t.restored == t.to_restore),
+            "{:?}",
+            member.live_tasks
+        );
     }
+    // b joined after a had decided the seed's adjustments: its inventory task took their
+    // state over from the changelog, and says how much it replayed.
+    let b_addr = b.metrics.to_string();
+    let b_restored: u64 = report
+        .members
+        .iter()
+        .filter(|m| m.status_addr.as_deref() == Some(b_addr.as_str()))
+        .flat_map(|m| &m.live_tasks)
+        .filter(|t| t.task.starts_with("1_"))
+        .map(|t| t.to_restore)
+        .sum();
+    assert!(b_restored > 0, "b restored its inventory task's changelog");
     assert_eq!(
         owned.keys().cloned().collect::<BTreeSet<_>>(),
         source_partitions(&world)
