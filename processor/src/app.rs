@@ -5,6 +5,9 @@
 //! transactional producer) and the read model's sync beside them. Any of them failing (an
 //! engine's error or panic, the metrics server) cancels the root token, so everything stops
 //! together, and [`Running::wait`] returns the first failure, which names what failed.
+//! Beside `/metrics`, `/health` and `/ready`, the server answers `GET /status` with what each
+//! engine thread is doing (for `processor status`, which finds the server through the engines'
+//! client ids).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -26,8 +29,10 @@ use crate::metrics::Metrics;
 use crate::readmodel;
 use crate::readmodel::postgres::{connect, run_sync};
 use crate::runtime::engine::{EngineConfig, run_engine};
+use crate::runtime::live::EngineStatus;
 use crate::runtime::store::SharedMemory;
 use crate::runtime::topics;
+use crate::status::{InstanceStatus, SyncStatus, client_id};
 use crate::topology;
 
 /// A started processor.
@@ -132,9 +137,33 @@ pub async fn start(
             .map(|_| Arc::new(AtomicBool::new(false)))
             .collect(),
     );
-    let (metrics_addr, server) =
-        serve_metrics(listener, metrics.clone(), ready.clone(), shutdown.clone()).await?;
-    tracing::info!(%metrics_addr, instance_id, "serving /metrics, /health and /ready");
+    let status_addr = listener
+        .local_addr()
+        .context("the metrics listener has no address")?;
+    let statuses: Vec<EngineStatus> = (0..threads)
+        .map(|thread| {
+            EngineStatus::new(
+                &format!("engine-{thread}"),
+                &client_id(&instance_id, thread, status_addr),
+            )
+        })
+        .collect();
+    let answer = StatusAnswer {
+        application_id: args.app.application_id.clone(),
+        instance_id: instance_id.clone(),
+        threads: statuses.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let (metrics_addr, server) = serve_metrics(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        answer,
+        shutdown.clone(),
+    )
+    .await?;
+    tracing::info!(%metrics_addr, instance_id, "serving /metrics, /health, /ready and /status");
 
     let config = EngineConfig {
         application_id: args.app.application_id.clone(),
@@ -147,6 +176,8 @@ pub async fn start(
         topology,
         partitions,
         subscription: None,
+        client_id: None,
+        status: EngineStatus::default(),
     };
     let (subscription, applied) = readmodel::subscription();
     let sync = tokio::spawn(run_sync(pool, applied, args.sync_interval, metrics.clone()));
@@ -160,6 +191,8 @@ pub async fn start(
             config.instance_id = format!("{instance_id}-{thread}");
         }
         config.subscription = Some(subscription.clone());
+        config.status = statuses[thread].clone();
+        config.client_id = Some(config.status.snapshot().client_id);
         let (done, engine) = tokio::sync::oneshot::channel();
         let (metrics, ready, shutdown, lock) = (
             metrics.clone(),
@@ -243,10 +276,36 @@ fn instance_id(dir: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// What `GET /status` is made of.
+#[derive(Debug, Clone)]
+struct StatusAnswer {
+    application_id: String,
+    instance_id: String,
+    threads: Vec<EngineStatus>,
+    metrics: Metrics,
+    ready: Readiness,
+}
+
+impl StatusAnswer {
+    fn now(&self) -> InstanceStatus {
+        InstanceStatus {
+            application_id: self.application_id.clone(),
+            instance_id: self.instance_id.clone(),
+            ready: self.ready.is_ready(),
+            threads: self.threads.iter().map(EngineStatus::snapshot).collect(),
+            sync: SyncStatus {
+                lag_rows: self.metrics.sync_lag_rows.get(),
+                lag_seconds: self.metrics.sync_lag_seconds.get(),
+            },
+        }
+    }
+}
+
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     ready: Readiness,
+    status: StatusAnswer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
     let app = Router::new()
@@ -258,6 +317,14 @@ async fn serve_metrics(
             }),
         )
         .route("/health", get(|| async { "ok" }))
+        .route(
+            "/status",
+            get(move || {
+                let body = serde_json::to_string(&status.now())
+                    .expect("invariant: a status is plain data that serializes");
+                async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
         .route(
             "/ready",
             get(move || {

@@ -47,6 +47,10 @@ pub enum Command {
     /// the outputs up to their end offsets, and list where they differ. Exit code 0: none; 1:
     /// some; 2: the audit could not run.
     Audit(AuditArgs),
+    /// One screen on a running (or stopped) application: group members with their partitions
+    /// and tasks, restores in progress, last commits, input lag, read-model sync lag, dead
+    /// letters. Works with every instance down (from Kafka's metadata only).
+    Status(StatusArgs),
     /// Register or check the Avro contracts in the schema registry.
     #[command(subcommand)]
     Schemas(SchemasCommand),
@@ -72,6 +76,28 @@ pub struct RetentionArgs {
     /// must be given the value the run had.
     #[arg(long, env = "STOCKFLOW_ORDER_RETENTION", default_value = "7d", value_parser = parse_retention)]
     pub order_retention: Duration,
+}
+
+/// `processor status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The application id: the consumer group, and the prefix of internal topics.
+    #[arg(long, env = "STOCKFLOW_APPLICATION_ID", default_value = "stockflow")]
+    pub application_id: String,
+
+    /// Print the report as JSON (one object, its shape in the README) instead of the screen.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How long to wait for each instance's /status answer, in milliseconds.
+    #[arg(long, env = "STOCKFLOW_STATUS_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub instance_timeout_ms: u64,
+}
+
+impl StatusArgs {
+    pub fn instance_timeout(&self) -> Duration {
+        Duration::from_millis(self.instance_timeout_ms)
+    }
 }
 
 /// Where an application's state lives: shared by `run` and `reset`.
@@ -121,7 +147,8 @@ pub struct RunArgs {
     #[arg(long, env = "STOCKFLOW_COMMIT_INTERVAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub commit_interval_ms: u64,
 
-    /// Where to serve /metrics, /health and /ready (port 0 picks a free one).
+    /// Where to serve /metrics, /health, /ready and /status (port 0 picks a free one). Other
+    /// machines running `processor status` ask this address (0.0.0.0: the host Kafka sees).
     #[arg(long, env = "STOCKFLOW_METRICS_ADDR", default_value = "127.0.0.1:9400")]
     pub metrics_addr: SocketAddr,
 

@@ -17,6 +17,8 @@
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
 //! - [`audit`]: `processor audit`, a run checked against the serial execution of the rules.
+//! - [`status`]: `processor status`, the group, tasks, restores, lag and dead letters on one
+//!   screen, with or without live instances (and the `GET /status` answer they give).
 //!
 //! Beside the library: `benches/` (criterion: the rules, the store), `examples/e2e_bench/`
 //! (the end-to-end benchmark), `tests/` (integration tests on `testkit` and `tests/support/`).
@@ -28,5 +30,6 @@ pub mod metrics;
 pub mod readmodel;
 pub mod reset;
 pub mod runtime;
+pub mod status;
 pub mod tail;
 pub mod topology;

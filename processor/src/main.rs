@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
         Command::Audit(args) => {
             audit_exit_code(processor::audit::audit(&cli.connection, args).await)
         }
+        Command::Status(args) => exit_code(processor::status::status(&cli.connection, args).await),
         Command::Schemas(command) => exit_code(
             run_schemas_command(
                 &cli.connection.schema_registry_url,

@@ -78,6 +78,8 @@ async fn run_ticker(guarantee: ProcessingGuarantee) -> (Result<(), EngineError>,
         topology: topology.clone(),
         partitions: Arc::new(partitions),
         subscription: None,
+        client_id: None,
+        status: Default::default(),
     };
     let metrics = Metrics::new(prometheus::Registry::new());
     let ready = Arc::new(AtomicBool::new(false));

@@ -12,6 +12,8 @@
 //! - [`restore`]: replaying a changelog's tail into a store.
 //! - [`guarantee`]: exactly-once v2 and at-least-once commits, in one module.
 //! - [`engine`]: the processing loop, the commits and the rebalance callbacks.
+//! - [`live`]: what each engine thread is doing right now (tasks, restores, last commit), for
+//!   `GET /status`.
 //! - [`driver`]: the in-memory topology test driver (no Kafka, no RocksDB).
 //! - [`partitioner`]: Kafka's default partitioner (murmur2), as the producers use it.
 
@@ -19,6 +21,7 @@ pub mod driver;
 pub mod engine;
 pub mod format;
 pub mod guarantee;
+pub mod live;
 pub mod partitioner;
 pub mod restore;
 pub mod store;

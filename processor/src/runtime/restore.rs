@@ -10,6 +10,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use rocksdb::WriteBatch;
 
+use super::live::RestoreProgress;
 use super::store::{Store, StoreError};
 use crate::metrics::Metrics;
 
@@ -149,13 +150,15 @@ fn stable_watermarks<C: ConsumerContext>(
     }
 }
 
-/// Replays `topic[partition]` from just after the store's offset to the current end.
+/// Replays `topic[partition]` from just after the store's offset to the current end, and
+/// reports how far it got to `progress` (and the metrics).
 pub fn restore(
     config: &ClientConfig,
     topic: &str,
     partition: i32,
     store: Store,
     metrics: &Metrics,
+    progress: &RestoreProgress,
 ) -> Result<(Store, Restored), RestoreError> {
     let kafka = |source| RestoreError::Kafka {
         topic: topic.to_owned(),
@@ -197,6 +200,7 @@ pub fn restore(
         return Ok((store, restored));
     }
     metrics.restore_remaining.add(high - from);
+    progress.expect((high - from) as u64);
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, partition, Offset::Offset(from))
@@ -223,6 +227,7 @@ pub fn restore(
                     store.apply(std::mem::take(&mut batch), last)?;
                     metrics.restored_records.inc_by(BATCH as u64);
                     metrics.restore_remaining.sub(BATCH as i64);
+                    progress.advance(BATCH as u64);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) | None => {
@@ -263,5 +268,6 @@ pub fn restore(
     // Records skipped as aborted still counted as remaining: settle the gauge.
     let skipped = (high - from) - restored.records as i64;
     metrics.restore_remaining.sub(skipped.max(0));
+    progress.advance(rest as u64 + skipped.max(0) as u64);
     Ok((store, restored))
 }

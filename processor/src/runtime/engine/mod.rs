@@ -36,6 +36,7 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transactor};
+use super::live::EngineStatus;
 use super::restore::RestoreError;
 use super::store::{Origin, SharedMemory, StoreError, Subscription, Writer};
 use super::task::TaskId;
@@ -89,6 +90,11 @@ pub struct EngineConfig {
     pub partitions: Arc<Partitions>,
     /// Who hears of what the stores apply (the read model), if anyone.
     pub subscription: Option<Subscription>,
+    /// The consumer's `client.id` (librdkafka's default if `None`): `processor run` names
+    /// the instance, the thread and where its status is served (see `crate::status`).
+    pub client_id: Option<String>,
+    /// Where the thread says what it is doing (tasks, restores, commits) for `GET /status`.
+    pub status: EngineStatus,
 }
 
 /// Why the engine stopped.
@@ -235,9 +241,11 @@ pub fn run_engine(
         fetched: Fetched::default(),
         config: config.clone(),
     }));
-    let consumer: BaseConsumer<StreamsContext> = config
-        .client
-        .clone()
+    let mut consumer_config = config.client.clone();
+    if let Some(client_id) = &config.client_id {
+        consumer_config.set("client.id", client_id);
+    }
+    let consumer: BaseConsumer<StreamsContext> = consumer_config
         .set("group.id", &config.application_id)
         .set("partition.assignment.strategy", "range")
         .set("enable.auto.commit", "false")
@@ -277,6 +285,7 @@ pub fn run_engine(
     let mut engine = lock(&engine);
     let engine = &mut *engine;
     engine.tasks.close_all(&engine.metrics);
+    engine.publish_tasks();
     engine.ready.store(false, Ordering::Release);
     result
 }
@@ -527,6 +536,7 @@ impl Engine {
                     .transactions
                     .with_label_values(&["committed"])
                     .inc();
+                self.config.status.committed(schemas::now_millis());
                 let took = self.commit_started.elapsed();
                 self.metrics.commit_latency.observe(took.as_secs_f64());
                 if took > self.config.commit_interval {
@@ -609,6 +619,7 @@ impl Engine {
         let tasks = &self.tasks;
         self.fetched
             .retain(|(sub, _, partition)| tasks.contains(TaskId { sub, partition }));
+        self.publish_tasks();
     }
 
     fn on_assign(
@@ -626,7 +637,9 @@ impl Engine {
         self.ready.store(false, Ordering::Release);
         let assigned = self.tasks.ids_of(&self.config.topology, partitions);
         for id in assigned {
-            if let Err(error) = self.open_task(id) {
+            let opened = self.open_task(id);
+            self.publish_tasks();
+            if let Err(error) = opened {
                 self.failed = true;
                 self.fatal.get_or_insert(error);
                 return;
@@ -699,6 +712,13 @@ impl Engine {
                 retry @ ProcessError::Retry(_) => Box::new(retry),
             },
         })
+    }
+
+    /// Tells [`EngineStatus`] which tasks the thread owns now, in which state.
+    fn publish_tasks(&self) {
+        self.config
+            .status
+            .set_tasks(self.tasks.iter().map(|t| (t.id, t.state)));
     }
 
     fn update_memory_metrics(&self) {

@@ -242,6 +242,7 @@ pub(super) fn open(
     let started = Instant::now();
     let mut stores = Vec::with_capacity(sub.stores.len());
     let mut records = 0;
+    let progress = config.status.restoring(id);
     for (i, spec) in sub.stores.iter().enumerate() {
         let dir = match i {
             0 => config.state_dir.join(id.to_string()),
@@ -254,6 +255,7 @@ pub(super) fn open(
             id.partition,
             store,
             metrics,
+            &progress,
         )?;
         if let Some(subscription) = &config.subscription {
             let origin = Origin {
