@@ -14,6 +14,7 @@
 //!   at-least-once, the topology test driver.
 //! - [`readmodel`]: the PostgreSQL read model and its periodic, offset-guarded sync.
 //! - [`metrics`]: every metric, registered on an explicit registry.
+//! - [`group`]: the application's consumer group seen from outside (for `reset`, `status`).
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
 //! - [`audit`]: `processor audit`, a run checked against the serial execution of the rules.
@@ -26,6 +27,7 @@
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod group;
 pub mod metrics;
 pub mod readmodel;
 pub mod reset;

@@ -30,6 +30,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::cli::{ResetArgs, ResetPosition};
+use crate::group::{committed_offsets, outside_consumer};
 use crate::readmodel::postgres;
 
 /// How long to wait for deleted topics to leave the cluster's metadata.
@@ -98,7 +99,7 @@ async fn plan(
     let names: Vec<&str> = inputs.iter().chain(internal.iter()).copied().collect();
     // One metadata call first: an unreachable cluster is reported by it, in one line.
     let counts = partition_counts(config, &names)?;
-    let consumer = group_consumer(config, &group)?;
+    let consumer = outside_consumer(config, &group)?;
     refuse_live_members(&consumer, &group)?;
 
     let position = args.position(SystemTime::now());
@@ -128,17 +129,6 @@ async fn plan(
         read_model_rows,
         group,
     })
-}
-
-/// A consumer in the application's group that never joins it: it only reads and commits the
-/// group's offsets (allowed while the group has no members).
-fn group_consumer(config: &ClientConfig, group: &str) -> anyhow::Result<BaseConsumer> {
-    config
-        .clone()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .context("cannot create a Kafka consumer")
 }
 
 fn refuse_live_members(consumer: &BaseConsumer, group: &str) -> anyhow::Result<()> {
@@ -171,13 +161,7 @@ fn input_offsets(
     partitions: i32,
     position: ResetPosition,
 ) -> anyhow::Result<Vec<InputOffset>> {
-    let mut query = TopicPartitionList::new();
-    for partition in 0..partitions {
-        query.add_partition(topic, partition);
-    }
-    let committed = consumer
-        .committed_offsets(query, ADMIN_TIMEOUT)
-        .with_context(|| format!("cannot read the committed offsets of {topic}"))?;
+    let committed = committed_offsets(consumer, topic, partitions)?;
     let by_time = match position {
         ResetPosition::Earliest => None,
         ResetPosition::Time(millis) => {
@@ -207,14 +191,10 @@ fn input_offsets(
                 // No record at or after that time: reprocess nothing of this partition.
                 Some(_) => high,
             };
-            let committed = committed
-                .find_partition(topic, partition)
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| *o >= 0);
             Ok(InputOffset {
                 topic: topic.to_owned(),
                 partition,
-                committed,
+                committed: committed[partition as usize],
                 target,
             })
         })
@@ -232,7 +212,7 @@ async fn apply(config: &ClientConfig, args: &ResetArgs, plan: &Plan) -> anyhow::
         for o in &plan.offsets {
             offsets.add_partition_offset(&o.topic, o.partition, Offset::Offset(o.target))?;
         }
-        group_consumer(config, &plan.group)?
+        outside_consumer(config, &plan.group)?
             .commit(&offsets, CommitMode::Sync)
             .with_context(|| {
                 format!(

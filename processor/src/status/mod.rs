@@ -31,6 +31,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::StatusArgs;
+use crate::group::{committed_offsets, outside_consumer};
 use crate::runtime::live::ThreadStatus;
 use report::{DeadLetters, GroupView, MemberView, Observed, PartitionOffsets, Report, Screen};
 
@@ -157,13 +158,10 @@ fn observe_kafka(
     let counts = partition_counts(config, &names)?;
     // Reads the group's offsets without joining it; read_uncommitted, so that a transaction
     // in flight does not hold the answer back (its offsets are not committed yet anyway).
-    let consumer: BaseConsumer = config
-        .clone()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .context("cannot create a Kafka consumer")?;
+    let consumer = outside_consumer(
+        config.clone().set("isolation.level", "read_uncommitted"),
+        group,
+    )?;
     let group_view = describe_group(&consumer, group)?;
     let mut observed = Observed {
         application_id: group.to_owned(),
@@ -216,26 +214,16 @@ fn input_offsets(
     topic: &str,
     partitions: i32,
 ) -> anyhow::Result<Vec<PartitionOffsets>> {
-    let mut query = TopicPartitionList::new();
-    for partition in 0..partitions {
-        query.add_partition(topic, partition);
-    }
-    let committed = consumer
-        .committed_offsets(query, ADMIN_TIMEOUT)
-        .with_context(|| format!("cannot read the committed offsets of {topic}"))?;
+    let committed = committed_offsets(consumer, topic, partitions)?;
     (0..partitions)
         .map(|partition| {
             let (start, end) = consumer
                 .fetch_watermarks(topic, partition, ADMIN_TIMEOUT)
                 .with_context(|| format!("cannot read the offsets of {topic}[{partition}]"))?;
-            let committed = committed
-                .find_partition(topic, partition)
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| *o >= 0);
             Ok(PartitionOffsets {
                 topic: topic.to_owned(),
                 partition,
-                committed,
+                committed: committed[partition as usize],
                 start,
                 end,
             })
