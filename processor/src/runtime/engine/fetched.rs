@@ -22,6 +22,12 @@ use crate::runtime::topology::SourceId;
 /// one of the next turn's partitions still waits for its next fetch.
 pub(super) const MAX_BUFFERED: usize = 200_000;
 
+/// A partition that has given nothing while this many records were read has nothing more at
+/// hand for now: the turns of its topic no longer wait for it (a topic with a partition that
+/// gets no records, beside busy ones, would otherwise hold every turn of that topic until
+/// [`MAX_BUFFERED`] records are queued).
+const QUIET_AFTER: u64 = 100_000;
+
 /// A partition of a source topic: (sub-topology, source, partition).
 pub(super) type SourcePartition = (u8, SourceId, i32);
 
@@ -37,11 +43,20 @@ pub(super) struct FetchedRecord {
 /// The buffered records, per partition, and the turns.
 #[derive(Debug, Default)]
 pub(super) struct Fetched {
-    queues: BTreeMap<SourcePartition, VecDeque<FetchedRecord>>,
+    queues: BTreeMap<SourcePartition, Queue>,
     /// One per record handed out, naming its topic; a turn whose topic has no record left (its
     /// partition was revoked or rewound meanwhile) is skipped.
     turns: VecDeque<(u8, SourceId)>,
     len: usize,
+    /// How many records were ever buffered.
+    pushed: u64,
+}
+
+/// One partition's records, and when (in records buffered) it last gave one.
+#[derive(Debug, Default)]
+struct Queue {
+    records: VecDeque<FetchedRecord>,
+    last_push: u64,
 }
 
 impl Fetched {
@@ -55,20 +70,23 @@ impl Fetched {
     }
 
     /// Whether the next turn can be taken in timestamp order: each partition of its topic
-    /// that has given records has one buffered (Kafka Streams processes a task once each of
-    /// its partitions has a record buffered, for the same reason).
+    /// that has given records lately has one buffered (Kafka Streams processes a task once
+    /// each of its partitions has a record buffered, for the same reason).
     pub fn ready(&self) -> bool {
         let Some(&(sub, source)) = self.turns.front() else {
             return false;
         };
         self.queues
             .range((sub, source, i32::MIN)..=(sub, source, i32::MAX))
-            .all(|(_, q)| !q.is_empty())
+            .all(|(_, q)| !q.records.is_empty() || self.pushed - q.last_push > QUIET_AFTER)
     }
 
     /// Buffers a record of `partition`, which the consumer just handed out.
     pub fn push(&mut self, partition: SourcePartition, record: FetchedRecord) {
-        self.queues.entry(partition).or_default().push_back(record);
+        self.pushed += 1;
+        let queue = self.queues.entry(partition).or_default();
+        queue.records.push_back(record);
+        queue.last_push = self.pushed;
         self.turns.push_back((partition.0, partition.1));
         self.len += 1;
     }
@@ -81,10 +99,10 @@ impl Fetched {
             let head = self
                 .queues
                 .range_mut(topic)
-                .filter_map(|(p, q)| Some((q.front()?.timestamp, *p, q)))
+                .filter_map(|(p, q)| Some((q.records.front()?.timestamp, *p, q)))
                 .min_by_key(|(timestamp, p, _)| (*timestamp, p.2));
             if let Some((_, partition, queue)) = head {
-                let record = queue.pop_front().expect("the head was just seen");
+                let record = queue.records.pop_front().expect("the head was just seen");
                 self.len -= 1;
                 return Some((partition, record));
             }
@@ -94,14 +112,16 @@ impl Fetched {
 
     /// Whether records of `partition` are buffered.
     pub fn holds(&self, partition: SourcePartition) -> bool {
-        self.queues.get(&partition).is_some_and(|q| !q.is_empty())
+        self.queues
+            .get(&partition)
+            .is_some_and(|q| !q.records.is_empty())
     }
 
     /// Drops the buffered records of the partitions `keep` refuses (revoked, or rewound: the
     /// consumer reads them again).
     pub fn retain(&mut self, mut keep: impl FnMut(SourcePartition) -> bool) {
         self.queues.retain(|p, _| keep(*p));
-        self.len = self.queues.values().map(VecDeque::len).sum();
+        self.len = self.queues.values().map(|q| q.records.len()).sum();
         if self.len == 0 {
             self.turns.clear();
         }
@@ -181,6 +201,18 @@ mod tests {
         assert!(!fetched.ready());
         fetched.push((ORDERS.0, ORDERS.1, 0), record(1, 3));
         assert!(fetched.ready());
+    }
+
+    #[test]
+    fn a_partition_that_gives_nothing_for_long_stops_holding_its_topic_s_turns() {
+        let mut fetched = Fetched::default();
+        fetched.push((ORDERS.0, ORDERS.1, 0), record(0, 1));
+        fetched.pop();
+        // Partition 1 is busy; partition 0 has given nothing since.
+        for offset in 0..=QUIET_AFTER as i64 {
+            fetched.push((ORDERS.0, ORDERS.1, 1), record(offset, offset));
+            assert_eq!(fetched.ready(), offset as u64 >= QUIET_AFTER, "{offset}");
+        }
     }
 
     #[test]
