@@ -177,6 +177,14 @@ async fn the_api_answers_from_either_instance_and_places_orders() {
     )
     .await;
     assert_eq!(confirmed.status, 201, "{}", confirmed.body);
+    assert!(
+        confirmed
+            .served_by
+            .as_ref()
+            .is_some_and(|by| ids.contains(by)),
+        "the decision was read from an instance's store: {:?}",
+        confirmed.served_by
+    );
     let view: OrderView = serde_json::from_value(confirmed.body).expect("an order view");
     assert_eq!(
         (

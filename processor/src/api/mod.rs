@@ -9,7 +9,8 @@
 //! - `POST /orders[?wait=5s]`: the body is checked ([`body`]; 400 names the field, nothing is
 //!   published), an order id already known is refused (409), and an `OrderCreated` is
 //!   published to `orders`, keyed by its id. Without `wait`: 202. With it: the order is read
-//!   back until it is decided (201 with the outcome) or the wait is over (202, pending).
+//!   back until it is decided (201 with the outcome) or the wait is over (202, pending); the
+//!   served-by header then names the instance that read it (this one, while nothing was read).
 //! - `GET /openapi.json`: the OpenAPI 3.1 description of all of it.
 
 pub mod body;
@@ -232,7 +233,10 @@ async fn post_order(
     if let Err(failure) = api.publish(&event).await {
         return failure.into_response();
     }
-    let mut answer = OrderView::new(&order_id, pending_record(&event));
+    let mut answer = Served {
+        value: OrderView::new(&order_id, pending_record(&event)),
+        by: api.instance_id.clone(),
+    };
     let mut status = StatusCode::ACCEPTED;
     if let Some(wait) = wait {
         let deadline = Instant::now() + wait;
@@ -240,7 +244,7 @@ async fn post_order(
         loop {
             if let Ok(Some(served)) = api.order(&order_id, false).await {
                 let decided = served.value.is_decided();
-                answer = served.value;
+                answer = served;
                 if decided {
                     status = StatusCode::CREATED;
                     break;
@@ -254,7 +258,7 @@ async fn post_order(
             pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
-    let mut response = json(status, &answer);
+    let mut response = found(answer, status);
     if let Ok(location) = HeaderValue::from_str(&order_path(&order_id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
