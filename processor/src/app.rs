@@ -7,7 +7,7 @@
 //! together, and [`Running::wait`] returns the first failure, which names what failed.
 //! Beside `/metrics`, `/health` and `/ready`, the server answers `GET /status` with what each
 //! engine thread is doing (for `processor status`, which finds the server through the engines'
-//! client ids).
+//! client ids), and serves the HTTP API ([`crate::api`]: stock, orders, the OpenAPI document).
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -24,12 +24,14 @@ use schemas::{Codec, Registry};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, Api};
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::readmodel;
 use crate::readmodel::postgres::{connect, run_sync};
 use crate::runtime::engine::{EngineConfig, run_engine};
 use crate::runtime::live::EngineStatus;
+use crate::runtime::queryable::LiveStores;
 use crate::runtime::store::SharedMemory;
 use crate::runtime::topics;
 use crate::status::{InstanceStatus, SyncStatus, client_id};
@@ -155,15 +157,42 @@ pub async fn start(
         metrics: metrics.clone(),
         ready: ready.clone(),
     };
+    let queryable = LiveStores::default();
+    let api = Arc::new(Api {
+        instance_id: instance_id.clone(),
+        live: queryable.clone(),
+        owners: api::owners::Owners::new(&client, &args.app.application_id)?,
+        producer: client
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", plumbing::admin::PARTITIONER)
+            .set("linger.ms", "1")
+            .create()
+            .context("cannot create the API's Kafka producer")?,
+        // A codec of its own: the engines' encode on their threads, and a registry client's
+        // pooled connections belong to the runtime that opened them.
+        codec: Arc::new(Codec::new(&connection.schema_registry_url, &topics)?),
+        orders_topic: topics.orders.clone(),
+        adjustments_topic: topics.inventory_adjustments.clone(),
+        order_partitions: partitions.subs[usize::from(topology::ORDERS)],
+        inventory_partitions: partitions.subs[usize::from(topology::INVENTORY)],
+        http: reqwest::Client::new(),
+    });
     let (metrics_addr, server) = serve_metrics(
         listener,
         metrics.clone(),
         ready.clone(),
         answer,
+        api::routes(api),
         shutdown.clone(),
     )
     .await?;
-    tracing::info!(%metrics_addr, instance_id, "serving /metrics, /health, /ready and /status");
+    tracing::info!(
+        %metrics_addr,
+        instance_id,
+        "serving /metrics, /health, /ready, /status and the API (/openapi.json)"
+    );
 
     let config = EngineConfig {
         application_id: args.app.application_id.clone(),
@@ -178,6 +207,7 @@ pub async fn start(
         subscription: None,
         client_id: None,
         status: EngineStatus::default(),
+        queryable,
     };
     let (subscription, applied) = readmodel::subscription();
     let sync = tokio::spawn(run_sync(pool, applied, args.sync_interval, metrics.clone()));
@@ -306,9 +336,10 @@ async fn serve_metrics(
     metrics: Metrics,
     ready: Readiness,
     status: StatusAnswer,
+    api: Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<anyhow::Result<()>>)> {
-    let app = Router::new()
+    let app = api
         .route(
             "/metrics",
             get(move || {

@@ -13,6 +13,7 @@
 //! - [`runtime`]: the task API, the engine, tasks, stores, restore, exactly-once /
 //!   at-least-once, the topology test driver.
 //! - [`readmodel`]: the PostgreSQL read model and its periodic, offset-guarded sync.
+//! - [`api`]: the HTTP API: stock and orders from the live state, orders placed through it.
 //! - [`metrics`]: every metric, registered on an explicit registry.
 //! - [`group`]: the application's consumer group seen from outside (for `reset`, `status`).
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
@@ -24,6 +25,7 @@
 //! Beside the library: `benches/` (criterion: the rules, the store), `examples/e2e_bench/`
 //! (the end-to-end benchmark), `tests/` (integration tests on `testkit` and `tests/support/`).
 
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod cli;

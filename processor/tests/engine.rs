@@ -80,6 +80,7 @@ async fn run_ticker(guarantee: ProcessingGuarantee) -> (Result<(), EngineError>,
         subscription: None,
         client_id: None,
         status: Default::default(),
+        queryable: Default::default(),
     };
     let metrics = Metrics::new(prometheus::Registry::new());
     let ready = Arc::new(AtomicBool::new(false));

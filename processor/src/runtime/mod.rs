@@ -14,6 +14,8 @@
 //! - [`engine`]: the processing loop, the commits and the rebalance callbacks.
 //! - [`live`]: what each engine thread is doing right now (tasks, restores, last commit), for
 //!   `GET /status`.
+//! - [`queryable`]: the running tasks' stores, readable from other threads (interactive
+//!   queries, for the HTTP API).
 //! - [`driver`]: the in-memory topology test driver (no Kafka, no RocksDB).
 //! - [`partitioner`]: Kafka's default partitioner (murmur2), as the producers use it.
 
@@ -23,6 +25,7 @@ pub mod format;
 pub mod guarantee;
 pub mod live;
 pub mod partitioner;
+pub mod queryable;
 pub mod restore;
 pub mod store;
 pub mod task;

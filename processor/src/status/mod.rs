@@ -182,7 +182,11 @@ fn observe_kafka(
     Ok(observed)
 }
 
-fn describe_group(consumer: &BaseConsumer, group: &str) -> anyhow::Result<Option<GroupView>> {
+/// The group as Kafka describes it: its state, protocol, and each member with its assignment.
+pub(crate) fn describe_group(
+    consumer: &BaseConsumer,
+    group: &str,
+) -> anyhow::Result<Option<GroupView>> {
     let groups = consumer
         .fetch_group_list(Some(group), ADMIN_TIMEOUT)
         .with_context(|| format!("cannot describe consumer group {group}"))?;

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transactor};
 use super::live::EngineStatus;
+use super::queryable::LiveStores;
 use super::restore::RestoreError;
 use super::store::{Origin, SharedMemory, StoreError, Subscription, Writer};
 use super::task::TaskId;
@@ -95,6 +96,8 @@ pub struct EngineConfig {
     pub client_id: Option<String>,
     /// Where the thread says what it is doing (tasks, restores, commits) for `GET /status`.
     pub status: EngineStatus,
+    /// Where the thread publishes its running tasks' stores for interactive queries.
+    pub queryable: LiveStores,
 }
 
 /// Why the engine stopped.

@@ -10,6 +10,7 @@ use rdkafka::TopicPartitionList;
 
 use super::{EngineConfig, EngineError};
 use crate::metrics::Metrics;
+use crate::runtime::queryable::Published;
 use crate::runtime::restore::restore;
 use crate::runtime::store::{Origin, Store};
 use crate::runtime::task::{TaskId, TaskState};
@@ -17,6 +18,9 @@ use crate::runtime::topology::{Processor, Topology};
 
 /// A task with its stores (in the order of its sub-topology's store list) and processor.
 pub(super) struct Task {
+    /// Its stores, queryable while it runs; withdrawn first when the task is dropped (the
+    /// fields drop in this order), so that no query reads a store being closed.
+    pub published: Option<Published>,
     pub id: TaskId,
     pub state: TaskState,
     pub stores: Vec<Store>,
@@ -219,6 +223,7 @@ impl Tasks {
 
 fn close(mut task: Task, metrics: &Metrics) {
     metrics.assigned_tasks.dec();
+    task.published = None;
     task.state = task.state.advance(TaskState::Closed);
     for store in &task.stores {
         if let Err(error) = store.flush() {
@@ -294,7 +299,15 @@ pub(super) fn open(
             catching_up: None,
         })
         .collect();
+    let published = config.queryable.publish(
+        id.partition,
+        sub.stores
+            .iter()
+            .zip(&stores)
+            .map(|(spec, store)| (spec.name, store.reader())),
+    );
     Ok(Task {
+        published: Some(published),
         id,
         state,
         stores,

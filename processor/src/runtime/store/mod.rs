@@ -18,8 +18,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rocksdb::{
@@ -148,6 +148,29 @@ struct Applying {
     state: Arc<AtomicU8>,
 }
 
+/// Reads a store's committed state, as RocksDB holds it, from another thread than the engine's
+/// (interactive queries): never a write the engine has not committed, and a committed one once
+/// the writer has applied it (a few milliseconds after its transaction). It does not keep the
+/// store open: once the store is dropped, every read answers `None`.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    db: Weak<DB>,
+    path: PathBuf,
+}
+
+impl Reader {
+    /// The value under `key` (`Some(None)`: no such key), or `None` if the store is closed.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let Some(db) = self.db.upgrade() else {
+            return Ok(None);
+        };
+        db.get(key).map(Some).map_err(|source| StoreError::Rocks {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
 const PENDING: u8 = 0;
 const APPLIED: u8 = 1;
 const FAILED: u8 = 2;
@@ -198,6 +221,14 @@ impl Store {
             applying: VecDeque::new(),
             changelog_offset,
         })
+    }
+
+    /// A reader of what RocksDB holds, for threads other than the engine's (see [`Reader`]).
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: Arc::downgrade(&self.db),
+            path: self.path.clone(),
+        }
     }
 
     /// The last changelog offset whose write is in RocksDB (`None`: nothing yet).
