@@ -5,11 +5,11 @@
 //! bounded while orders keep coming, counted from its changelog (read to its high watermarks:
 //! the last record of each key, a tombstone removing it); every expired order has its
 //! tombstones there, one per time it expired; and what a compaction of the changelog would
-//! keep is only the orders of the last retention. (The test does not wait for the broker's
-//! log cleaner, whose timing is its own: it asserts what the cleaner would keep.) The read
+//! keep is only the orders of the last retention. The read
 //! model keeps every decided order: a retention tombstone deletes no row. An id decided
 //! again takes stock again, and `processor audit --order-retention 2s` finds the run equal
-//! to the clerk.
+//! to the clerk. Last, the broker's log cleaner, made eager, compacts the changelog for real:
+//! every value an expired order had is gone, the live orders' values stay.
 
 mod support;
 
@@ -34,7 +34,7 @@ struct Changelog {
     records: usize,
 }
 
-async fn changelog(world: &World) -> Changelog {
+async fn read_changelog(world: &World) -> Changelog {
     let topology = processor::topology::describe(&world.application_id, &world.topics);
     let topic = topology
         .changelog(ORDERS_STORE)
@@ -105,7 +105,7 @@ async fn a_short_retention_bounds_the_store_tombstones_its_changelog_and_keeps_t
             // sweep, every 200 ms of a commit, has not reached yet), not everything sent.
             let decided = (round + 1) * ROUND + if round >= 6 { ROUND } else { 0 };
             world.outcomes(decided, MINUTE).await;
-            let live = live_orders(&changelog(&world).await).len();
+            let live = live_orders(&read_changelog(&world).await).len();
             peak_live = peak_live.max(live);
             assert!(
                 live <= 5 * ROUND,
@@ -171,7 +171,7 @@ async fn a_short_retention_bounds_the_store_tombstones_its_changelog_and_keeps_t
     let ticks_set: BTreeSet<String> = ticks.iter().cloned().collect();
     let deadline = Instant::now() + MINUTE;
     let changelog = loop {
-        let changelog = changelog(&world).await;
+        let changelog = read_changelog(&world).await;
         if live_orders(&changelog) == ticks_set || Instant::now() > deadline {
             break changelog;
         }
@@ -247,6 +247,98 @@ async fn a_short_retention_bounds_the_store_tombstones_its_changelog_and_keeps_t
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // Then the broker's log cleaner compacts the changelog for real. Its segments now roll
+    // every 100 ms and any dirt is worth cleaning; the cleaner looks every 15 s (Kafka's
+    // default). An order a second keeps the changelog growing, so its segments roll and the
+    // cleaner can reach everything written before. The expired orders' values go; what the
+    // changelog then restores is the last retention's orders.
+    let topic = processor::topology::describe(&world.application_id, &world.topics)
+        .changelog(ORDERS_STORE)
+        .expect("the orders store has a changelog")
+        .to_owned();
+    compact_eagerly(&world.bootstrap, &topic).await;
+    let expired: BTreeSet<Vec<u8>> = (0..ROUNDS).flat_map(ids).map(String::into_bytes).collect();
+    let expired_values = |records: &[testkit::kafka::Record]| {
+        records
+            .iter()
+            .filter(|r| r.payload.is_some())
+            .filter(|r| r.key.as_ref().is_some_and(|k| expired.contains(k)))
+            .count()
+    };
+    let before = world
+        .read_to_end(&[&topic], Isolation::ReadCommitted, MINUTE)
+        .await;
+    assert!(
+        expired_values(&before) >= decided,
+        "before the cleaner, the expired orders' values are there (one a decision at least): {}",
+        expired_values(&before)
+    );
+    let started = Instant::now();
+    let mut late = 0;
+    let after = loop {
+        world
+            .send_orders(&[order(&format!("late-{late}"), &[(sku, 1)])])
+            .await;
+        late += 1;
+        let records = world
+            .read_to_end(&[&topic], Isolation::ReadCommitted, MINUTE)
+            .await;
+        if expired_values(&records) == 0 {
+            break records;
+        }
+        assert!(
+            started.elapsed() < 3 * MINUTE,
+            "the cleaner compacted the changelog within 3 minutes: {} values of expired orders left of {}",
+            expired_values(&records),
+            expired_values(&before)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    // What the compacted changelog restores is the store as it is now: the late orders of the
+    // last retention (the ticks expired too, as the late orders moved time on), and nothing
+    // older.
+    let restored = live_orders(&read_changelog(&world).await);
+    assert!(
+        !restored.is_empty() && restored.iter().all(|id| id.starts_with("late-")),
+        "the compacted changelog holds the last retention's orders only: {restored:?}"
+    );
+    assert!(
+        after.len() < before.len(),
+        "{} < {}",
+        after.len(),
+        before.len()
+    );
+    println!(
+        "compacted by the broker after {:?}: {} changelog records before, {} after",
+        started.elapsed(),
+        before.len(),
+        after.len()
+    );
+
     token.cancel();
     running.wait().await.expect("the processor stops cleanly");
+}
+
+/// Makes the broker compact `topic` as soon as it can: segments roll every 100 ms, any dirt
+/// is worth cleaning, tombstones go at once. (A non-incremental alter replaces every dynamic
+/// config of the topic, so the compaction policy is given again.)
+async fn compact_eagerly(bootstrap: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("an admin client");
+    let config = AlterConfig::new(ResourceSpecifier::Topic(topic))
+        .set("cleanup.policy", "compact")
+        .set("segment.ms", "100")
+        .set("min.cleanable.dirty.ratio", "0.01")
+        .set("delete.retention.ms", "0");
+    let results = admin
+        .alter_configs(&[config], &AdminOptions::new())
+        .await
+        .expect("the alter request is answered");
+    for result in results {
+        result.unwrap_or_else(|e| panic!("{topic}'s config is altered: {e:?}"));
+    }
 }
