@@ -88,13 +88,7 @@ async fn plan(
     let app = &args.app;
     let group = app.application_id.clone();
     let topology = crate::topology::describe(&group, &connection.topics());
-    let inputs: Vec<&str> = topology
-        .subs
-        .iter()
-        .flat_map(|s| &s.sources)
-        .filter(|t| !t.internal)
-        .map(|t| t.name.as_str())
-        .collect();
+    let inputs = topology.input_topics();
     let internal = topology.internal_topics();
     let names: Vec<&str> = inputs.iter().chain(internal.iter()).copied().collect();
     // One metadata call first: an unreachable cluster is reported by it, in one line.

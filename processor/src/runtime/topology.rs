@@ -104,6 +104,16 @@ impl Topology {
             .collect()
     }
 
+    /// The external topics the consumer subscribes to (not the repartition topics).
+    pub fn input_topics(&self) -> Vec<&str> {
+        self.subs
+            .iter()
+            .flat_map(|s| &s.sources)
+            .filter(|t| !t.internal)
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
     /// The topic of `sink`.
     pub fn sink(&self, sink: SinkId) -> &str {
         &self.sinks[sink.index()].name

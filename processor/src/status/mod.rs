@@ -145,13 +145,7 @@ fn observe_kafka(
     topology: &crate::runtime::topology::Topology,
     group: &str,
 ) -> anyhow::Result<Observed> {
-    let inputs: Vec<&str> = topology
-        .subs
-        .iter()
-        .flat_map(|s| &s.sources)
-        .filter(|t| !t.internal)
-        .map(|t| t.name.as_str())
-        .collect();
+    let inputs = topology.input_topics();
     let dead_letters = topology.dead_letters.as_str();
     let names: Vec<&str> = inputs.iter().copied().chain([dead_letters]).collect();
     // One metadata call first: an unreachable cluster is reported by it, in one line.
