@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -46,21 +47,45 @@ pub struct Running {
     /// True once every engine thread has restored its assigned tasks.
     pub ready: Readiness,
     engines: Vec<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
+    /// The engine threads' state (which of them have ended).
+    statuses: Vec<EngineStatus>,
     sync: JoinHandle<()>,
     server: JoinHandle<anyhow::Result<()>>,
     shutdown: CancellationToken,
+    /// How long the engines get to stop once `shutdown` is cancelled.
+    shutdown_timeout: Duration,
 }
 
 impl Running {
     /// Waits until the processor stops (after `shutdown`, or on a fatal error).
     pub async fn wait(self) -> anyhow::Result<()> {
         // Every engine thread stops (the first failure cancels the others); the first error is
-        // the one reported.
+        // the one reported. Once the shutdown has begun, they get `shutdown_timeout` to do it:
+        // a thread still running then is taken for hung, and the process exits without it
+        // (returning from `main` ends every thread), rather than live on deciding nothing.
+        let overdue = async {
+            self.shutdown.cancelled().await;
+            tokio::time::sleep(self.shutdown_timeout).await;
+        };
+        let results = tokio::select! {
+            results = futures::future::join_all(self.engines) => results,
+            () = overdue => {
+                let hung: Vec<String> = self
+                    .statuses
+                    .iter()
+                    .filter(|s| !s.has_ended())
+                    .map(|s| s.snapshot().thread)
+                    .collect();
+                return Err(anyhow::anyhow!(
+                    "{} did not stop within {} of the shutdown; exiting without it",
+                    hung.join(", "),
+                    humantime::format_duration(self.shutdown_timeout)
+                ));
+            }
+        };
         let mut result = Ok(());
-        for engine in self.engines {
-            let ended = engine
-                .await
-                .context("an engine thread ended without a result")?;
+        for ended in results {
+            let ended = ended.context("an engine thread ended without a result")?;
             if result.is_ok() {
                 result = ended;
             }
@@ -156,6 +181,7 @@ pub async fn start(
         threads: statuses.clone(),
         metrics: metrics.clone(),
         ready: ready.clone(),
+        stall_timeout: args.stall_timeout,
     };
     let queryable = LiveStores::default();
     let api = Arc::new(Api {
@@ -224,11 +250,12 @@ pub async fn start(
         config.status = statuses[thread].clone();
         config.client_id = Some(config.status.snapshot().client_id);
         let (done, engine) = tokio::sync::oneshot::channel();
-        let (metrics, ready, shutdown, lock) = (
+        let (metrics, ready, shutdown, lock, status) = (
             metrics.clone(),
             ready.clone(),
             shutdown.clone(),
             lock.clone(),
+            statuses[thread].clone(),
         );
         let name = format!("engine-{thread}");
         std::thread::Builder::new()
@@ -246,6 +273,10 @@ pub async fn start(
                     )),
                 };
                 ready.store(false, Ordering::Release);
+                status.end(match &result {
+                    Ok(()) => "it was stopped".to_owned(),
+                    Err(error) => format!("{error:#}"),
+                });
                 shutdown.cancel();
                 let _ = done.send(result);
             })
@@ -258,9 +289,11 @@ pub async fn start(
         metrics,
         ready,
         engines,
+        statuses,
         sync,
         server,
         shutdown,
+        shutdown_timeout: args.shutdown_timeout,
     })
 }
 
@@ -314,9 +347,26 @@ struct StatusAnswer {
     threads: Vec<EngineStatus>,
     metrics: Metrics,
     ready: Readiness,
+    /// How long an engine thread may go without progress before /health fails.
+    stall_timeout: Duration,
 }
 
 impl StatusAnswer {
+    /// What `/health` answers: every engine thread alive and going round, or why not.
+    fn health(&self) -> Result<(), String> {
+        let now = schemas::now_millis();
+        let failures: Vec<String> = self
+            .threads
+            .iter()
+            .filter_map(|t| t.health(now, self.stall_timeout).err())
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(failures.join("; "))
+        }
+    }
+
     fn now(&self) -> InstanceStatus {
         InstanceStatus {
             application_id: self.application_id.clone(),
@@ -347,7 +397,21 @@ async fn serve_metrics(
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
             }),
         )
-        .route("/health", get(|| async { "ok" }))
+        .route(
+            "/health",
+            get({
+                let status = status.clone();
+                move || {
+                    let verdict = status.health();
+                    async move {
+                        match verdict {
+                            Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                        }
+                    }
+                }
+            }),
+        )
         .route(
             "/status",
             get(move || {
@@ -391,4 +455,76 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A started processor made of parts: one engine per result channel, no server work.
+    fn running(
+        engines: Vec<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
+        statuses: Vec<EngineStatus>,
+        shutdown: CancellationToken,
+    ) -> Running {
+        Running {
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: Metrics::new(prometheus::Registry::new()),
+            ready: Readiness(Vec::new()),
+            engines,
+            statuses,
+            sync: tokio::spawn(async {}),
+            server: tokio::spawn(async { Ok(()) }),
+            shutdown,
+            shutdown_timeout: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_engine_thread_does_not_keep_the_process_waiting() {
+        let statuses = vec![
+            EngineStatus::new("engine-0", ""),
+            EngineStatus::new("engine-1", ""),
+        ];
+        let (done_0, engine_0) = tokio::sync::oneshot::channel();
+        let (_never, engine_1) = tokio::sync::oneshot::channel();
+        let shutdown = CancellationToken::new();
+        let waiting = tokio::spawn(
+            running(vec![engine_0, engine_1], statuses.clone(), shutdown.clone()).wait(),
+        );
+        // Before the shutdown, waiting is not bounded.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!waiting.is_finished());
+        // engine-0 stops; engine-1 hangs (it never sends, never ends).
+        statuses[0].end("it was stopped".into());
+        done_0.send(Ok(())).expect("waiting");
+        shutdown.cancel();
+        let started = std::time::Instant::now();
+        let result = waiting.await.expect("wait does not panic");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let error = result.expect_err("a hung engine is an error").to_string();
+        assert_eq!(
+            error,
+            "engine-1 did not stop within 200ms of the shutdown; exiting without it"
+        );
+    }
+
+    #[tokio::test]
+    async fn engines_that_stop_in_time_report_the_first_error() {
+        let (done_0, engine_0) = tokio::sync::oneshot::channel();
+        let (done_1, engine_1) = tokio::sync::oneshot::channel();
+        let shutdown = CancellationToken::new();
+        done_0.send(Ok(())).expect("waiting");
+        done_1
+            .send(Err(anyhow::anyhow!("engine-1 stopped: boom")))
+            .expect("waiting");
+        shutdown.cancel();
+        let result = running(vec![engine_0, engine_1], Vec::new(), shutdown)
+            .wait()
+            .await;
+        assert_eq!(
+            result.expect_err("an error").to_string(),
+            "engine-1 stopped: boom"
+        );
+    }
 }

@@ -165,6 +165,16 @@ pub struct RunArgs {
     #[arg(long, env = "STOCKFLOW_NUM_STREAM_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub num_stream_threads: u16,
 
+    /// /health fails when an engine thread goes this long without progress (its loop going
+    /// round, or a restore writing a batch), e.g. 2m: a wedged engine shows as unhealthy.
+    #[arg(long, env = "STOCKFLOW_STALL_TIMEOUT", default_value = "2m", value_parser = parse_interval)]
+    pub stall_timeout: Duration,
+
+    /// Once the processor is stopping (a signal, or a failure), how long its engine threads
+    /// get to commit and leave the group before it exits without them (exit 1), e.g. 60s.
+    #[arg(long, env = "STOCKFLOW_SHUTDOWN_TIMEOUT", default_value = "60s", value_parser = parse_interval)]
+    pub shutdown_timeout: Duration,
+
     /// How often each task syncs its changed rows to PostgreSQL, e.g. 1s or 500ms.
     #[arg(long, env = "STOCKFLOW_SYNC_INTERVAL", default_value = "1s", value_parser = parse_interval)]
     pub sync_interval: Duration,

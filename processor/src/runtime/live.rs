@@ -3,16 +3,43 @@
 //! when it last committed. The engine writes it only when that changes (a rebalance, a restore
 //! batch, a commit), never per record; readers take a copy. It has a lock of its own, not the
 //! engine's, so a reader is answered while the engine restores inside a rebalance callback.
+//!
+//! Beside it, for `GET /health`: the thread's heartbeat (when its loop last went round, or a
+//! restore last wrote a batch), an atomic the loop sets every [`BEAT_EVERY`] turns and whenever
+//! it waits for records; and why the thread ended, once it has. [`EngineStatus::health`] turns
+//! them into a verdict: a thread that ended, or has not beaten for the stall timeout, is not
+//! healthy.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::task::{TaskId, TaskState};
 
+/// The loop beats once per this many turns (and whenever it waits for records): a clock read
+/// per record would cost more than the rest of the bookkeeping.
+pub const BEAT_EVERY: u32 = 256;
+
 /// One engine thread's state, shared between the engine (writer) and the status endpoint.
-#[derive(Debug, Clone, Default)]
-pub struct EngineStatus(Arc<Mutex<ThreadStatus>>);
+#[derive(Debug, Clone)]
+pub struct EngineStatus(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    status: Mutex<ThreadStatus>,
+    /// When the thread last showed progress, ms since the epoch.
+    beat_ms: AtomicI64,
+    /// Why the thread ended, once it has.
+    ended: Mutex<Option<String>>,
+}
+
+impl Default for EngineStatus {
+    fn default() -> Self {
+        Self::new("engine", "")
+    }
+}
 
 /// A copy of one engine thread's state (the shape `GET /status` answers with, per thread).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -46,11 +73,64 @@ pub struct TaskStatus {
 
 impl EngineStatus {
     pub fn new(thread: &str, client_id: &str) -> Self {
-        Self(Arc::new(Mutex::new(ThreadStatus {
-            thread: thread.to_owned(),
-            client_id: client_id.to_owned(),
-            ..ThreadStatus::default()
-        })))
+        Self(Arc::new(Shared {
+            status: Mutex::new(ThreadStatus {
+                thread: thread.to_owned(),
+                client_id: client_id.to_owned(),
+                ..ThreadStatus::default()
+            }),
+            beat_ms: AtomicI64::new(schemas::now_millis()),
+            ended: Mutex::new(None),
+        }))
+    }
+
+    /// The thread is making progress (its loop went round, a restore wrote a batch).
+    pub fn beat(&self) {
+        self.0
+            .beat_ms
+            .store(schemas::now_millis(), Ordering::Relaxed);
+    }
+
+    /// The thread ended, for `why`.
+    pub fn end(&self, why: String) {
+        *self
+            .0
+            .ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+    }
+
+    /// Whether the thread has ended.
+    pub fn has_ended(&self) -> bool {
+        self.0
+            .ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Whether the thread is alive and going round at `now_ms`: `Err` says why not (it ended,
+    /// or it has not shown progress for longer than `stall`).
+    pub fn health(&self, now_ms: i64, stall: Duration) -> Result<(), String> {
+        let thread = self.lock().thread.clone();
+        if let Some(why) = self
+            .0
+            .ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            return Err(format!("{thread} stopped: {why}"));
+        }
+        let quiet = now_ms.saturating_sub(self.0.beat_ms.load(Ordering::Relaxed));
+        if quiet > i64::try_from(stall.as_millis()).unwrap_or(i64::MAX) {
+            return Err(format!(
+                "{thread} has made no progress for {:.1} s (stall timeout {})",
+                quiet as f64 / 1000.0,
+                humantime::format_duration(stall)
+            ));
+        }
+        Ok(())
     }
 
     /// A copy of the thread's state.
@@ -61,6 +141,7 @@ impl EngineStatus {
     /// The lock; what it guards is written in single steps, so a poisoned one is taken as is.
     fn lock(&self) -> MutexGuard<'_, ThreadStatus> {
         self.0
+            .status
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -135,6 +216,7 @@ impl RestoreProgress {
     /// `records` more were replayed.
     pub fn advance(&self, records: u64) {
         self.status.update(&self.task, |t| t.restored += records);
+        self.status.beat();
     }
 }
 
@@ -185,5 +267,31 @@ mod tests {
         status.committed(7);
         let snapshot = status.snapshot();
         assert_eq!((snapshot.last_commit_ms, snapshot.commits), (Some(7), 2));
+    }
+
+    #[test]
+    fn health_fails_for_a_thread_that_stalled_or_ended() {
+        let status = EngineStatus::new("engine-1", "c");
+        let stall = Duration::from_secs(60);
+        let now = schemas::now_millis();
+        assert_eq!(status.health(now, stall), Ok(()));
+        let stalled = status.health(now + 61_000, stall).expect_err("stalled");
+        assert!(
+            stalled.starts_with("engine-1 has made no progress for 6"),
+            "{stalled}"
+        );
+        // A restore batch is progress.
+        std::thread::sleep(Duration::from_millis(5));
+        let progress = status.restoring(TaskId {
+            sub: 0,
+            partition: 0,
+        });
+        progress.advance(1);
+        assert_eq!(status.health(schemas::now_millis() + 59_000, stall), Ok(()));
+        status.end("engine-1 panicked: boom".into());
+        assert_eq!(
+            status.health(schemas::now_millis(), stall),
+            Err("engine-1 stopped: engine-1 panicked: boom".into())
+        );
     }
 }

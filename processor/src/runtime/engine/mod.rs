@@ -36,7 +36,7 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::guarantee::{Committed, GuaranteeError, ProcessingGuarantee, Transactor};
-use super::live::EngineStatus;
+use super::live::{BEAT_EVERY, EngineStatus};
 use super::queryable::LiveStores;
 use super::restore::RestoreError;
 use super::store::{Origin, SharedMemory, StoreError, Subscription, Writer};
@@ -299,6 +299,7 @@ fn run_loop(
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
     let mut unserved = 0;
+    let mut turns: u32 = 0;
     let mut wait = IDLE_POLL;
     while !shutdown.is_cancelled() {
         let polled = consumer.poll(wait);
@@ -309,6 +310,11 @@ fn run_loop(
         let drained = polled.is_none();
         if drained {
             engine.drained_at = schemas::now_millis();
+        }
+        // The heartbeat /health reads (see `live`).
+        turns = turns.wrapping_add(1);
+        if drained || turns.is_multiple_of(BEAT_EVERY) {
+            engine.config.status.beat();
         }
         match polled {
             Some(Ok(message)) => engine.fetch(&message),
