@@ -99,19 +99,7 @@ async fn the_api_answers_from_either_instance_and_places_orders() {
     let mut b = world.spawn_processor("b", state_b.path(), &[]);
     b.wait_ready(MINUTE).await;
     // Until the rebalance that gives b its share has settled: each task owned once, by both.
-    let started = Instant::now();
-    loop {
-        let tasks_a = a.metric("stockflow_assigned_tasks").await.unwrap_or(0.0);
-        let tasks_b = b.metric("stockflow_assigned_tasks").await.unwrap_or(0.0);
-        if tasks_a > 0.0 && tasks_b > 0.0 && tasks_a + tasks_b == 8.0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < 2 * MINUTE,
-            "both instances own tasks: a {tasks_a}, b {tasks_b}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    a.wait_shared_with(&b, 8.0).await;
     a.wait_ready(MINUTE).await;
     b.wait_ready(MINUTE).await;
     let http = reqwest::Client::new();

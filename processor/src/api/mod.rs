@@ -128,7 +128,7 @@ struct Served<T> {
     by: String,
 }
 
-fn found<T: Serialize>(served: Served<T>, status: StatusCode) -> Response {
+fn found_response<T: Serialize>(served: Served<T>, status: StatusCode) -> Response {
     let mut response = json(status, &served.value);
     if let Ok(by) = HeaderValue::from_str(&served.by) {
         response.headers_mut().insert(SERVED_BY, by);
@@ -145,15 +145,8 @@ async fn get_stock(
     Path(sku): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match api.stock(&sku, forwarded(&headers)).await {
-        Ok(Some(served)) => found(served, StatusCode::OK),
-        Ok(None) => Failure {
-            status: StatusCode::NOT_FOUND,
-            error: format!("unknown sku {sku}"),
-        }
-        .into_response(),
-        Err(failure) => failure.into_response(),
-    }
+    let found = api.stock(&sku, forwarded(&headers)).await;
+    answer_get(found, || format!("unknown sku {sku}"))
 }
 
 async fn get_order(
@@ -161,11 +154,20 @@ async fn get_order(
     Path(order_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match api.order(&order_id, forwarded(&headers)).await {
-        Ok(Some(served)) => found(served, StatusCode::OK),
+    let found = api.order(&order_id, forwarded(&headers)).await;
+    answer_get(found, || format!("unknown order {order_id}"))
+}
+
+/// A GET's answer: 200 with what was found, 404 with `unknown`, or the failure.
+fn answer_get<T: Serialize>(
+    found: Result<Option<Served<T>>, Failure>,
+    unknown: impl FnOnce() -> String,
+) -> Response {
+    match found {
+        Ok(Some(served)) => found_response(served, StatusCode::OK),
         Ok(None) => Failure {
             status: StatusCode::NOT_FOUND,
-            error: format!("unknown order {order_id}"),
+            error: unknown(),
         }
         .into_response(),
         Err(failure) => failure.into_response(),
@@ -258,7 +260,7 @@ async fn post_order(
             pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
-    let mut response = found(answer, status);
+    let mut response = found_response(answer, status);
     if let Ok(location) = HeaderValue::from_str(&order_path(&order_id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }

@@ -743,6 +743,29 @@ impl ProcessorChild {
             .collect()
     }
 
+    /// Waits until the rebalance that shares the work with `other` has settled: each of the
+    /// `tasks` tasks owned once, and both owning some. Panics after two minutes.
+    pub async fn wait_shared_with(&self, other: &ProcessorChild, tasks: f64) {
+        let started = Instant::now();
+        loop {
+            let mine = self.metric("stockflow_assigned_tasks").await.unwrap_or(0.0);
+            let theirs = other
+                .metric("stockflow_assigned_tasks")
+                .await
+                .unwrap_or(0.0);
+            if mine > 0.0 && theirs > 0.0 && mine + theirs == tasks {
+                return;
+            }
+            assert!(
+                started.elapsed() < 2 * MINUTE,
+                "both instances own tasks: {} {mine}, {} {theirs}",
+                self.name,
+                other.name
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// SIGKILL: no chance to commit, flush or leave the group. Waits until it is gone.
     pub fn kill(self) {
         self.process.kill();
