@@ -34,7 +34,7 @@ use crate::runtime::format;
 use crate::runtime::partitioner::partition_for;
 use crate::runtime::queryable::{LiveStores, Lookup};
 use crate::topology::inventory::{SkuRecord, keys};
-use crate::topology::order::OrderRecord;
+use crate::topology::order::{self, OrderRecord};
 use crate::topology::{INVENTORY_STORE, ORDERS_STORE};
 use body::{NewOrder, OrderView, Refusal, StockView};
 use owners::Owners;
@@ -236,7 +236,7 @@ async fn post_order(
         return failure.into_response();
     }
     let mut answer = Served {
-        value: OrderView::new(&order_id, pending_record(&event)),
+        value: OrderView::new(&order_id, order::record_of(&event, event.created_at)),
         by: api.instance_id.clone(),
     };
     let mut status = StatusCode::ACCEPTED;
@@ -265,26 +265,6 @@ async fn post_order(
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
-}
-
-/// What an order published a moment ago looks like: pending, its lines unanswered.
-fn pending_record(event: &schemas::OrderCreated) -> OrderRecord {
-    OrderRecord {
-        customer_id: event.customer_id.clone(),
-        currency: event.currency.clone(),
-        created_at: event.created_at,
-        lines: event.lines.clone(),
-        total_cents: event
-            .lines
-            .iter()
-            .map(|l| i64::from(l.quantity) * l.unit_price_cents)
-            .sum(),
-        status: crate::topology::order::OrderStatus::Pending {
-            results: vec![None; event.lines.len()],
-        },
-        decided_at: None,
-        time: None,
-    }
 }
 
 /// `/orders/<order_id>`, the id percent-encoded.

@@ -221,7 +221,8 @@ pub fn on_order_created(
     }
 }
 
-fn record_of(order: &OrderCreated, time: i64) -> OrderRecord {
+/// The record of a new order: pending, no line answered yet, `time` its retention time.
+pub fn record_of(order: &OrderCreated, time: i64) -> OrderRecord {
     OrderRecord {
         customer_id: order.customer_id.clone(),
         currency: order.currency.clone(),
