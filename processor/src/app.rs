@@ -148,13 +148,15 @@ pub async fn start(
     let topology = Arc::new(topology::build(
         &args.app.application_id,
         &topics,
-        codec,
+        codec.clone(),
         metrics.clone(),
         order,
         args.retention.order_retention,
     ));
     let partitions = Arc::new(topics::ensure(&topology, &client, args.partitions).await?);
-    registry.register_all(&topics).await?;
+    // The processor encodes its outputs with the ids registered now, whatever happens to the
+    // registry later (decoding an input's unseen schema id still needs it; see the engine).
+    codec.learn(&registry.register_all(&topics).await?);
     let pool = connect(args.app.database_url.as_str(), &args.app.database_schema).await?;
 
     metrics.initialize_labels(&topology.source_topics());

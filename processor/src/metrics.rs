@@ -45,6 +45,11 @@ pub struct Metrics {
     pub late_records: IntCounter,
     /// Event-time mode: reserves and adjustments that waited for other orders' holds.
     pub waits: IntCounter,
+    /// Records whose processing failed for a reason that may pass (the registry was down), so
+    /// that their partition was paused and the record will be taken again.
+    pub processing_retries: IntCounter,
+    /// Source partitions paused until such a retry.
+    pub paused_partitions: IntGauge,
     /// Records sent to the dead-letter topic, by source topic.
     pub dlq_records: IntCounterVec,
     /// Time to process one polled record, decode to outputs.
@@ -188,6 +193,16 @@ impl Metrics {
                 r,
                 "stockflow_processing_latency_seconds",
                 "Time to process one record.",
+            ),
+            processing_retries: counter(
+                r,
+                "stockflow_processing_retries_total",
+                "Records that could not be processed for a reason that may pass (the schema registry was unreachable): their partition was paused, the record is taken again after a backoff.",
+            ),
+            paused_partitions: gauge(
+                r,
+                "stockflow_paused_partitions",
+                "Source partitions paused until a retry (the other partitions go on).",
             ),
             order_e2e_latency: histogram(
                 r,

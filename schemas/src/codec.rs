@@ -35,7 +35,9 @@ use schema_registry_converter::schema_registry_common::{
 };
 
 use crate::events::{Contract, TopicRole};
+use crate::registry::Registered;
 use crate::topics::Topics;
+use crate::topics::value_subject;
 
 /// Why a record could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,8 @@ struct Converter {
 }
 
 struct Subject {
+    /// The subject's name (`<topic>-value`).
+    name: String,
     /// The contract's full name, to name it in a wrong-contract error.
     full_name: &'static str,
     with_schema: SubjectNameStrategy,
@@ -107,6 +111,14 @@ struct Subject {
 }
 
 impl Subject {
+    /// Records `id` as this binary's schema's id under the subject (the first one stays).
+    fn resolve(&self, id: u32) {
+        let writer = GenericDatumWriter::builder(self.schema)
+            .build()
+            .expect("invariant: a parsed contract has a writer");
+        let _ = self.resolved.set(Resolved { id, writer });
+    }
+
     /// Whether `id` names this binary's schema; `None` until a record with it was decoded.
     fn is_own(&self, id: u32) -> Option<bool> {
         self.checked_ids
@@ -163,10 +175,7 @@ impl Codec {
         let subjects = subjects(topics);
         for (role, subject) in &subjects {
             let id = Self::offline_id(*role);
-            let writer = GenericDatumWriter::builder(subject.schema)
-                .build()
-                .expect("invariant: a parsed contract has a writer");
-            let _ = subject.resolved.set(Resolved { id, writer });
+            subject.resolve(id);
             subject
                 .checked_ids
                 .write()
@@ -176,6 +185,21 @@ impl Codec {
         Self {
             converter: None,
             subjects,
+        }
+    }
+
+    /// Takes the ids the registry gave this binary's contracts when they were registered, so
+    /// that encoding them never needs the registry again: the first output of a kind may come
+    /// while it is down. (Registrations of other subjects are ignored.)
+    pub fn learn(&self, registered: &[Registered]) {
+        for registered in registered {
+            if let Some(subject) = self
+                .subjects
+                .values()
+                .find(|s| s.name == registered.subject)
+            {
+                subject.resolve(registered.id);
+            }
         }
     }
 
@@ -227,10 +251,7 @@ impl Codec {
             .and_then(|id| <[u8; 4]>::try_from(id).ok())
             .map(u32::from_be_bytes)
             .ok_or_else(|| encode_error("the converter wrote no schema id".into()))?;
-        let writer = GenericDatumWriter::builder(subject.schema)
-            .build()
-            .map_err(|e| encode_error(e.to_string()))?;
-        let _ = subject.resolved.set(Resolved { id, writer });
+        subject.resolve(id);
         Ok(encoded)
     }
 
@@ -317,6 +338,7 @@ fn subjects(topics: &Topics) -> HashMap<TopicRole, Subject> {
             let supplied = SuppliedSchema::new(None, SchemaType::Avro, (*schema).to_owned());
             let topic = topics.name(*role).to_owned();
             let subject = Subject {
+                name: value_subject(&topic),
                 full_name,
                 with_schema: SubjectNameStrategy::TopicNameStrategyWithSchema(
                     topic, false, supplied,
@@ -380,6 +402,35 @@ mod tests {
         round_trip(&codec, samples::inventory_updated()).await;
         round_trip(&codec, samples::order_confirmed()).await;
         round_trip(&codec, samples::order_rejected()).await;
+    }
+
+    #[tokio::test]
+    async fn registered_ids_encode_without_the_registry() {
+        // Nothing listens on port 9: any call to the registry would fail.
+        let topics = Topics::with_prefix("learned-");
+        let codec = Codec::new("http://127.0.0.1:9", &topics).expect("a codec");
+        codec.learn(&[
+            Registered {
+                subject: value_subject(&topics.orders_rejected),
+                id: 77,
+                change: crate::registry::Compatibility::NewSubject,
+            },
+            Registered {
+                subject: "another-topic-value".to_owned(),
+                id: 78,
+                change: crate::registry::Compatibility::NewSubject,
+            },
+        ]);
+        let rejected = codec
+            .encode(&samples::order_rejected())
+            .await
+            .expect("encoded with the learned id");
+        assert_eq!(rejected[..5], [0, 0, 0, 0, 77]);
+        let unknown = codec.encode(&samples::order_created()).await;
+        assert!(
+            unknown.as_ref().is_err_and(CodecError::is_retriable),
+            "a contract whose id was not learned still asks the registry: {unknown:?}"
+        );
     }
 
     #[test]

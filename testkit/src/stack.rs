@@ -23,16 +23,19 @@ pub struct Stack {
     pub database_url: String,
     /// Containers started for this test binary; kept alive until it exits.
     _containers: Vec<ContainerAsync<GenericImage>>,
-    /// How [`Stack::stop_postgres`] reaches PostgreSQL.
-    postgres: Postgres,
+    /// How the outage tests reach PostgreSQL and the registry.
+    services: Services,
 }
 
-/// Who runs PostgreSQL for the tests.
+/// Who runs PostgreSQL and the registry for the tests.
 #[derive(Debug)]
-enum Postgres {
+enum Services {
     /// From the environment: assumed to be `scripts/stack.sh`'s.
     LocalStack,
-    Container(Box<ContainerAsync<GenericImage>>),
+    Containers {
+        postgres: Box<ContainerAsync<GenericImage>>,
+        registry: Box<ContainerAsync<GenericImage>>,
+    },
 }
 
 impl Stack {
@@ -40,9 +43,9 @@ impl Stack {
     /// shares, so a test that calls it belongs in a test binary of its own (cargo runs test
     /// binaries one after another).
     pub async fn stop_postgres(&self) {
-        match &self.postgres {
-            Postgres::LocalStack => local_stack(&["stop", "postgres"]),
-            Postgres::Container(c) => c
+        match &self.services {
+            Services::LocalStack => local_stack(&["stop", "postgres"]),
+            Services::Containers { postgres, .. } => postgres
                 .stop_with_timeout(Some(10))
                 .await
                 .expect("stop the PostgreSQL container"),
@@ -51,9 +54,31 @@ impl Stack {
 
     /// Starts PostgreSQL again after [`Stack::stop_postgres`], on the same address.
     pub async fn start_postgres(&self) {
-        match &self.postgres {
-            Postgres::LocalStack => local_stack(&["start", "postgres"]),
-            Postgres::Container(c) => c.start().await.expect("start the PostgreSQL container"),
+        match &self.services {
+            Services::LocalStack => local_stack(&["start", "postgres"]),
+            Services::Containers { postgres, .. } => postgres
+                .start()
+                .await
+                .expect("start the PostgreSQL container"),
+        }
+    }
+
+    /// Takes the schema registry away (for outage tests; the same rule as
+    /// [`Stack::stop_postgres`]) until [`RegistryOutage::end`]: the local stack's is stopped
+    /// (connections are refused); a container, whose schemas live in memory, is paused instead
+    /// (requests time out). If the test fails first, the local stack's registry is started
+    /// again as the guard drops, so that the next test binaries find it.
+    pub async fn stop_registry(&self) -> RegistryOutage<'_> {
+        match &self.services {
+            Services::LocalStack => local_stack(&["stop", "registry"]),
+            Services::Containers { registry, .. } => registry
+                .pause()
+                .await
+                .expect("pause the registry container"),
+        }
+        RegistryOutage {
+            stack: self,
+            ended: false,
         }
     }
 
@@ -61,12 +86,12 @@ impl Stack {
     /// services are containers: they start empty). It deletes every test's topics and schemas,
     /// running ones' too, so a test that calls it belongs in a test binary of its own.
     pub fn prune(&self) -> bool {
-        match &self.postgres {
-            Postgres::LocalStack => {
+        match &self.services {
+            Services::LocalStack => {
                 local_stack(&["prune"]);
                 true
             }
-            Postgres::Container(_) => false,
+            Services::Containers { .. } => false,
         }
     }
 }
@@ -109,7 +134,7 @@ async fn find_or_start() -> Stack {
             schema_registry_url,
             database_url,
             _containers: Vec::new(),
-            postgres: Postgres::LocalStack,
+            services: Services::LocalStack,
         };
     }
     if !docker_available() {
@@ -172,7 +197,39 @@ async fn start_containers() -> Stack {
         bootstrap_servers: format!("127.0.0.1:{kafka_port}"),
         schema_registry_url: format!("http://127.0.0.1:{registry_port}/apis/ccompat/v7"),
         database_url: format!("postgres://stockflow:stockflow@127.0.0.1:{postgres_port}/stockflow"),
-        _containers: vec![kafka, registry],
-        postgres: Postgres::Container(Box::new(postgres)),
+        _containers: vec![kafka],
+        services: Services::Containers {
+            postgres: Box::new(postgres),
+            registry: Box::new(registry),
+        },
+    }
+}
+
+/// The registry's outage, from [`Stack::stop_registry`].
+#[derive(Debug)]
+pub struct RegistryOutage<'a> {
+    stack: &'a Stack,
+    ended: bool,
+}
+
+impl RegistryOutage<'_> {
+    /// Brings the registry back, with its schemas.
+    pub async fn end(mut self) {
+        self.ended = true;
+        match &self.stack.services {
+            Services::LocalStack => local_stack(&["start", "registry"]),
+            Services::Containers { registry, .. } => registry
+                .unpause()
+                .await
+                .expect("unpause the registry container"),
+        }
+    }
+}
+
+impl Drop for RegistryOutage<'_> {
+    fn drop(&mut self) {
+        if !self.ended && matches!(self.stack.services, Services::LocalStack) {
+            local_stack(&["start", "registry"]);
+        }
     }
 }

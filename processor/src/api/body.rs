@@ -11,9 +11,10 @@ use crate::readmodel::reason_name;
 use crate::topology::inventory::SkuRecord;
 use crate::topology::order::{self, OrderRecord, OrderStatus};
 
-/// The most lines an order placed through the API may have.
-pub const MAX_LINES: usize = 1_000;
-/// The longest order id, customer id or sku the API takes, in bytes.
+/// The most lines an order placed through the API may have: what the rules accept.
+pub const MAX_LINES: usize = order::MAX_LINES;
+/// The longest order id, customer id or sku the API takes, in bytes (the rules dead-letter
+/// ids over [`order::MAX_ID_BYTES`]; the API is stricter).
 pub const MAX_ID_BYTES: usize = 200;
 
 /// A request refused, and the field that made it so (`None`: the body as a whole).
@@ -356,6 +357,20 @@ mod tests {
             ),
             (
                 order(r#""currency": "EUR", "lines": [{"quantity": 1, "unit_price_cents": 1}]"#),
+                Some("lines[0].sku"),
+            ),
+            (
+                order(&format!(
+                    r#""order_id": "{}", "currency": "EUR", "lines": [{line}]"#,
+                    "o".repeat(order::MAX_ID_BYTES + 1)
+                )),
+                Some("order_id"),
+            ),
+            (
+                order(&format!(
+                    r#""currency": "EUR", "lines": [{{"sku": "{}", "quantity": 1, "unit_price_cents": 1}}]"#,
+                    "S".repeat(order::MAX_ID_BYTES + 1)
+                )),
                 Some("lines[0].sku"),
             ),
             (

@@ -285,8 +285,11 @@ pub struct Record<'a> {
 /// Why a processor could not process a record.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    /// Not the record's fault and may pass (the registry is unreachable): the transaction is
-    /// rolled back and the records are read again after a pause.
+    /// Not the record's fault and may pass (the registry is unreachable). Returned before
+    /// the processor has had any effect (a store write, a send, a dead letter) and with its
+    /// own memory as it was, it pauses the record's partition, and the record is processed
+    /// again after a backoff while the other partitions go on; returned after one, the
+    /// transaction is rolled back and the records are read again after a pause.
     #[error("transient: {0}")]
     Retry(String),
     /// The engine must stop (a store failed, the producer was fenced, an output cannot be
@@ -352,6 +355,16 @@ pub trait TaskContext {
     /// Sends the record being processed, as it was read, to the dead-letter topic with
     /// headers naming `kind`, `reason` and where it came from.
     fn dead_letter(&mut self, kind: &str, reason: &str) -> Result<(), ProcessError>;
+
+    /// Sends `record`, read before the one being processed, to the dead-letter topic with the
+    /// same headers: for a refusal decided after its record was read (an event-time merge
+    /// decides entries it buffered while other records are at hand).
+    fn dead_letter_record(
+        &mut self,
+        record: &Record<'_>,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), ProcessError>;
 
     /// How many partitions `sink` has.
     fn partitions(&self, sink: SinkId) -> i32;

@@ -56,12 +56,46 @@ pub struct Hold {
     pub quantity: i64,
 }
 
+/// The most units a sku may hold (available plus reserved): a billion. An adjustment that
+/// would take a sku past it, or that moves more than that in one go, is dead-lettered, so
+/// stock arithmetic can never overflow.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+
 /// Why an adjustment is refused whatever the stock (it goes to the dead-letter topic).
 pub fn invalid_adjustment(adjustment: &InventoryAdjusted) -> Option<String> {
-    (adjustment.mode == AdjustmentMode::Absolute && adjustment.quantity < 0).then(|| {
+    let (sku, quantity) = (&adjustment.sku, adjustment.quantity);
+    match adjustment.mode {
+        AdjustmentMode::Absolute if quantity < 0 => Some(format!(
+            "absolute stock level {quantity} for {sku} is negative"
+        )),
+        AdjustmentMode::Absolute if quantity > MAX_STOCK => Some(format!(
+            "absolute stock level {quantity} for {sku} is over the maximum stock {MAX_STOCK}"
+        )),
+        AdjustmentMode::Delta if quantity.unsigned_abs() > MAX_STOCK.unsigned_abs() => Some(
+            format!("delta {quantity} for {sku} moves more than the maximum stock {MAX_STOCK}"),
+        ),
+        _ => None,
+    }
+}
+
+/// Why an adjustment is refused given the sku's stock: it would raise the units the sku holds
+/// (available plus reserved) past [`MAX_STOCK`].
+fn over_max_stock(
+    adjustment: &InventoryAdjusted,
+    sku: &SkuRecord,
+    available: i64,
+) -> Option<String> {
+    let held = available.saturating_add(sku.reserved);
+    (held > MAX_STOCK && available > sku.available).then(|| {
         format!(
-            "absolute stock level {} for {} is negative",
-            adjustment.quantity, adjustment.sku
+            "{} {} for {} would leave {held} units (available {available}, reserved {}), over the maximum stock {MAX_STOCK}",
+            match adjustment.mode {
+                AdjustmentMode::Delta => "delta",
+                AdjustmentMode::Absolute => "absolute stock level",
+            },
+            adjustment.quantity,
+            adjustment.sku,
+            sku.reserved
         )
     })
 }
@@ -272,11 +306,18 @@ pub fn on_adjustment(
         updated_at: now,
     });
     let before = next.available;
-    next.available = match adjustment.mode {
+    let available = match adjustment.mode {
         // Stock never goes negative: a delta larger than what is available empties the sku.
         AdjustmentMode::Delta => before.saturating_add(adjustment.quantity).max(0),
         AdjustmentMode::Absolute => adjustment.quantity,
     };
+    if let Some(reason) = over_max_stock(&adjustment, &next, available) {
+        return InventoryDecision {
+            dead_letter: Some(reason),
+            ..Default::default()
+        };
+    }
+    next.available = available;
     next.product_name = adjustment.product_name.or(next.product_name);
     next.unit_price_cents = adjustment.unit_price_cents.or(next.unit_price_cents);
     next.updated_at = now;
@@ -423,6 +464,47 @@ mod tests {
         let bad = on_adjustment(None, false, adjust("a3", AdjustmentMode::Absolute, -1), 5);
         assert!(bad.dead_letter.expect("dead-lettered").contains("negative"));
         assert_eq!(bad.sku, Change::Keep);
+    }
+
+    #[test]
+    fn no_adjustment_takes_a_sku_past_the_maximum_stock() {
+        let stock = SkuRecord {
+            available: 10,
+            reserved: 5,
+            product_name: None,
+            unit_price_cents: None,
+            updated_at: 0,
+        };
+        let refused = |mode, quantity| {
+            let decision = on_adjustment(Some(&stock), false, adjust("a", mode, quantity), 5);
+            assert_eq!(decision.sku, Change::Keep, "{mode:?} {quantity}");
+            decision.dead_letter.expect("dead-lettered")
+        };
+        // Whatever the stock: a level over the maximum, a delta moving more than it.
+        assert!(refused(AdjustmentMode::Absolute, MAX_STOCK + 1).contains("maximum stock"));
+        assert!(refused(AdjustmentMode::Delta, i64::MAX).contains("maximum stock"));
+        assert!(refused(AdjustmentMode::Delta, i64::MIN).contains("maximum stock"));
+        // Given the stock: available plus reserved past the maximum.
+        assert!(refused(AdjustmentMode::Delta, MAX_STOCK - 10).contains("would leave"));
+        assert!(refused(AdjustmentMode::Absolute, MAX_STOCK).contains("would leave"));
+        // Up to the maximum, and any decrease, are applied.
+        let to_max = on_adjustment(
+            Some(&stock),
+            false,
+            adjust("b", AdjustmentMode::Delta, MAX_STOCK - 15),
+            5,
+        );
+        let Change::Put(full) = to_max.sku else {
+            panic!("applied: {:?}", to_max.dead_letter)
+        };
+        assert_eq!(full.available + full.reserved, MAX_STOCK);
+        let down = on_adjustment(
+            Some(&full),
+            false,
+            adjust("c", AdjustmentMode::Delta, -MAX_STOCK),
+            5,
+        );
+        assert!(matches!(down.sku, Change::Put(ref s) if s.available == 0));
     }
 
     proptest! {

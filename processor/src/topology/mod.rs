@@ -383,10 +383,12 @@ pub fn build(
             processors::orders(wiring, a.clone(), m.clone(), sequencing, retention_ms)
         }),
     );
+    let adjustments_topic: Arc<str> = topics.inventory_adjustments.as_str().into();
     builder.processors(
         usize::from(INVENTORY),
         Arc::new(move |_: TaskId| {
-            processors::inventory(wiring, avro.clone(), metrics.clone(), sequencing)
+            let topic = adjustments_topic.clone();
+            processors::inventory(wiring, topic, avro.clone(), metrics.clone(), sequencing)
         }),
     );
     builder.build()

@@ -116,6 +116,34 @@ pub enum Outcome {
     Rejected(OrderRejected),
 }
 
+/// The most lines an order may have; an order with more is rejected as `INVALID_ORDER`.
+pub const MAX_LINES: usize = 1_000;
+
+/// The longest order id or sku, in bytes. An order with a longer one is dead-lettered, not
+/// rejected: its outcome (and its store record) would echo it, and could outgrow what Kafka
+/// accepts in one record.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Why an order is too large to be decided, or `None`: an order id or a sku longer than
+/// [`MAX_ID_BYTES`]. Such an order is dead-lettered as it was read.
+pub fn oversized(order: &OrderCreated) -> Option<String> {
+    if order.order_id.len() > MAX_ID_BYTES {
+        return Some(format!(
+            "order_id is {} bytes long (at most {MAX_ID_BYTES})",
+            order.order_id.len()
+        ));
+    }
+    let (i, line) = order
+        .lines
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.sku.len() > MAX_ID_BYTES)?;
+    Some(format!(
+        "line {i}'s sku is {} bytes long (at most {MAX_ID_BYTES})",
+        line.sku.len()
+    ))
+}
+
 /// Why an order is invalid, or `None` if it is well-formed.
 pub fn validate(order: &OrderCreated) -> Option<String> {
     if order.order_id.is_empty() {
@@ -123,6 +151,12 @@ pub fn validate(order: &OrderCreated) -> Option<String> {
     }
     if order.lines.is_empty() {
         return Some("the order has no lines".to_owned());
+    }
+    if order.lines.len() > MAX_LINES {
+        return Some(format!(
+            "the order has {} lines (at most {MAX_LINES})",
+            order.lines.len()
+        ));
     }
     for (i, line) in order.lines.iter().enumerate() {
         if line.sku.is_empty() {
@@ -432,6 +466,17 @@ mod tests {
     }
 
     #[test]
+    fn orders_with_ids_too_long_to_echo_are_oversized() {
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        let fits = "x".repeat(MAX_ID_BYTES);
+        assert!(oversized(&order(&long, &[("A", 1)])).is_some_and(|r| r.contains("order_id")));
+        assert!(
+            oversized(&order("o", &[("A", 1), (&long, 1)])).is_some_and(|r| r.contains("line 1"))
+        );
+        assert_eq!(oversized(&order(&fits, &[(&fits, 1)])), None);
+    }
+
+    #[test]
     fn invalid_orders_are_rejected_at_once() {
         for (bad, why) in [
             (order("o", &[]), "no lines"),
@@ -448,6 +493,13 @@ mod tests {
             }
             assert!(decision.commands.is_empty());
         }
+        let too_many: Vec<(&str, i32)> = vec![("A", 1); MAX_LINES + 1];
+        assert!(
+            validate(&order("o", &too_many))
+                .expect("invalid")
+                .contains("at most 1000")
+        );
+        assert_eq!(validate(&order("o", &too_many[1..])), None);
         let mut negative = order("o", &[("A", 1)]);
         negative.lines[0].unit_price_cents = -1;
         assert!(

@@ -136,12 +136,14 @@ pub fn orders(
 /// Sub-topology B's processor (see [`super::inventory`]); `sequencing` for event-time mode.
 pub fn inventory(
     wiring: Wiring,
+    adjustments_topic: Arc<str>,
     avro: Avro,
     metrics: Metrics,
     sequencing: Option<Sequencing>,
 ) -> Box<dyn Processor> {
     Box::new(Inventory {
         wiring,
+        adjustments_topic,
         avro,
         metrics,
         sequencing,
@@ -187,6 +189,9 @@ impl Processor for Orders {
     ) -> Result<(), ProcessError> {
         let store = self.wiring.orders_store;
         if record.source == self.wiring.orders {
+            // Decoded first: a registry that cannot be reached leaves nothing changed, so the
+            // engine can pause the partition and take the record again.
+            let decoded = self.avro.decode::<OrderCreated>(record.value)?;
             // Every record moves the partition's time, undecodable ones too: the clerk's
             // merge sees them. (Arrival mode keeps it too, for retention.)
             let rank = self.sequencing.map_or(0, |s| s.orders_rank);
@@ -201,10 +206,13 @@ impl Processor for Orders {
                 &self.metrics,
             );
             let position = self.sequencing.map(|_| at);
-            let order: OrderCreated = match self.avro.decode(record.value)? {
+            let order = match decoded {
                 Ok(order) => order,
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
             };
+            if let Some(reason) = order::oversized(&order) {
+                return ctx.dead_letter("invalid", &reason);
+            }
             let order_id = order.order_id.clone();
             // A decided order past its retention counts as gone, deleted yet or not; its
             // reservations are forgotten before the new order's reserves go out.
@@ -419,6 +427,8 @@ impl Orders {
 
 struct Inventory {
     wiring: Wiring,
+    /// The name of source `wiring.adjustments` (for a dead letter decided in the merge).
+    adjustments_topic: Arc<str>,
     avro: Avro,
     metrics: Metrics,
     sequencing: Option<Sequencing>,
@@ -478,7 +488,7 @@ impl Processor for Inventory {
                 Ok(adjustment) => adjustment,
                 Err(error) => return ctx.dead_letter("undecodable", &error.to_string()),
             };
-            self.adjust(ctx, adjustment)
+            self.adjust(ctx, adjustment, None)
         } else {
             let value = record.value.unwrap_or_default();
             match LinesRecord::decode(record.key, value) {
@@ -535,22 +545,45 @@ impl Processor for Inventory {
 
 impl Inventory {
     /// Applies an adjustment (arrival mode, or its turn in the merge).
+    /// Applies an adjustment: the record at hand (`merged` is `None`), or one the event-time
+    /// merge buffered at `merged` and decides now, while another record is at hand (a refusal
+    /// then dead-letters the adjustment under its own record's coordinates).
     fn adjust(
         &self,
         ctx: &mut dyn TaskContext,
         adjustment: InventoryAdjusted,
+        merged: Option<Position>,
     ) -> Result<(), ProcessError> {
         let store = self.wiring.inventory_store;
         let sku = adjustment.sku.clone();
         let applied_key = keys::adjustment(&adjustment.adjustment_id);
         let sku_record = ctx.get_value(store, keys::sku(&sku).as_bytes())?;
         let already_applied = ctx.get(store, applied_key.as_bytes())?.is_some();
+        let kept = merged.map(|_| adjustment.clone());
         let decision = inventory::on_adjustment(
             sku_record.as_ref(),
             already_applied,
             adjustment,
             ctx.wall_clock(),
         );
+        if let (Some(reason), Some(position), Some(adjustment)) =
+            (&decision.dead_letter, merged, &kept)
+        {
+            // The record was read earlier: its coordinates are the merge's position; its
+            // value, the adjustment as this binary encodes it; its key, the sku (the key the
+            // contract gives adjustments).
+            let value = self.avro.encode(adjustment)?;
+            let record = Record {
+                source: self.wiring.adjustments,
+                topic: &self.adjustments_topic,
+                partition: position.partition,
+                offset: position.offset,
+                timestamp: position.time,
+                key: Some(sku.as_bytes()),
+                value: Some(&value),
+            };
+            return ctx.dead_letter_record(&record, "invalid", reason);
+        }
         self.apply(ctx, &sku, None, Some(&applied_key), decision)
     }
 
@@ -598,13 +631,15 @@ impl Inventory {
     ) -> Result<(), ProcessError> {
         let store = self.wiring.inventory_store;
         if record.source == self.wiring.adjustments {
+            // Decoded first, as in the order processor.
+            let decoded = self.avro.decode::<InventoryAdjusted>(record.value)?;
             // Every record moves the partition's time, undecodable ones too.
             let time = &mut self.adjustments;
             let rank = s.adjustments_rank;
             let key = keys::ADJUSTMENTS_TIME;
             let position = place(ctx, store, key, time, rank, record, &self.metrics);
             self.merge.promise(self.origins, position);
-            let adjustment: InventoryAdjusted = match self.avro.decode(record.value)? {
+            let adjustment = match decoded {
                 Ok(adjustment) => adjustment,
                 Err(error) => {
                     ctx.dead_letter("undecodable", &error.to_string())?;
@@ -721,7 +756,7 @@ impl Inventory {
                 {
                     return Ok(false);
                 }
-                self.adjust(ctx, adjustment.clone())?;
+                self.adjust(ctx, adjustment.clone(), Some(position))?;
             }
             Queued::Reserve {
                 reply_partition,

@@ -160,6 +160,9 @@ impl Clerk {
     }
 
     fn order(&mut self, created: OrderCreated, time: i64) {
+        if order::oversized(&created).is_some() {
+            return; // dead-lettered, as the tasks do: it changes nothing
+        }
         let order_id = created.order_id.clone();
         let forgotten = match self.orders.get(&order_id) {
             Some(old) if order::expired(old, time, self.retention_ms) => {

@@ -251,12 +251,14 @@ impl World {
         publisher.finish().await.expect("delivered");
     }
 
-    /// Publishes raw bytes to a topic (for garbage).
+    /// Publishes raw bytes to a topic (for garbage), partitioned by key as the project's
+    /// producers and Java clients partition.
     pub async fn send_raw(&self, topic: &str, key: &str, payload: &[u8]) {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let producer: FutureProducer = self
             .connection
             .client_config()
+            .set("partitioner", plumbing::admin::PARTITIONER)
             .create()
             .expect("a producer");
         producer

@@ -90,6 +90,37 @@ impl DriverContext<'_> {
             }
         }
     }
+
+    /// Appends `record` to the dead-letter topic with the headers the engine writes.
+    fn send_dead_letter(&mut self, record: &RecordCopy, kind: &str, reason: &str) {
+        let topic = self.log.dead_letter_topic.clone();
+        let headers = vec![
+            ("stockflow.error".to_owned(), reason.to_owned()),
+            ("stockflow.error.kind".to_owned(), kind.to_owned()),
+            ("stockflow.source.topic".to_owned(), record.topic.clone()),
+            (
+                "stockflow.source.partition".to_owned(),
+                record.partition.to_string(),
+            ),
+            (
+                "stockflow.source.offset".to_owned(),
+                record.offset.to_string(),
+            ),
+        ];
+        let partition = record
+            .key
+            .as_deref()
+            .map_or(0, |k| partition_for(k, self.log.partitions(&topic)));
+        let txn = self.txn();
+        let entry = Entry {
+            key: record.key.clone(),
+            value: record.value.clone(),
+            timestamp: self.clock,
+            headers,
+            txn: Some(txn),
+        };
+        self.append(&topic, partition, entry);
+    }
 }
 
 impl TaskContext for DriverContext<'_> {
@@ -192,34 +223,25 @@ impl TaskContext for DriverContext<'_> {
         let Some(record) = self.record.take() else {
             return Err(ProcessError::fatal(NoRecord));
         };
-        let topic = self.log.dead_letter_topic.clone();
-        let headers = vec![
-            ("stockflow.error".to_owned(), reason.to_owned()),
-            ("stockflow.error.kind".to_owned(), kind.to_owned()),
-            ("stockflow.source.topic".to_owned(), record.topic.clone()),
-            (
-                "stockflow.source.partition".to_owned(),
-                record.partition.to_string(),
-            ),
-            (
-                "stockflow.source.offset".to_owned(),
-                record.offset.to_string(),
-            ),
-        ];
-        let partition = record
-            .key
-            .as_deref()
-            .map_or(0, |k| partition_for(k, self.log.partitions(&topic)));
-        let txn = self.txn();
-        let entry = Entry {
-            key: record.key.clone(),
-            value: record.value.clone(),
-            timestamp: self.clock,
-            headers,
-            txn: Some(txn),
-        };
-        self.append(&topic, partition, entry);
+        self.send_dead_letter(&record, kind, reason);
         self.record = Some(record);
+        Ok(())
+    }
+
+    fn dead_letter_record(
+        &mut self,
+        record: &Record<'_>,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), ProcessError> {
+        let copy = RecordCopy {
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+        };
+        self.send_dead_letter(&copy, kind, reason);
         Ok(())
     }
 

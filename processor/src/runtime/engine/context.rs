@@ -17,6 +17,8 @@ pub(super) struct EngineContext<'a> {
     record: Option<&'a Record<'a>>,
     /// Whether the processor changed its punctuation schedule.
     scheduled: bool,
+    /// Whether the processor wrote to a store, sent or dead-lettered anything.
+    effects: bool,
 }
 
 impl<'a> EngineContext<'a> {
@@ -26,7 +28,14 @@ impl<'a> EngineContext<'a> {
             out,
             record,
             scheduled: false,
+            effects: false,
         }
+    }
+
+    /// Whether the processor has had an effect: written to a store, sent or dead-lettered
+    /// (a record whose processing failed before any effect can simply be taken again).
+    pub fn effects(&self) -> bool {
+        self.effects
     }
 
     /// Whether the processor changed its punctuation schedule (the engine's earliest
@@ -48,10 +57,12 @@ impl TaskContext for EngineContext<'_> {
     }
 
     fn put(&mut self, store: StoreId, key: &[u8], value: Vec<u8>) {
+        self.effects = true;
         self.task.stores[usize::from(store.0)].write(key.to_vec(), Some(value));
     }
 
     fn delete(&mut self, store: StoreId, key: &[u8]) {
+        self.effects = true;
         self.task.stores[usize::from(store.0)].write(key.to_vec(), None);
     }
 
@@ -84,6 +95,7 @@ impl TaskContext for EngineContext<'_> {
         value: &[u8],
         partition: Option<i32>,
     ) -> Result<(), ProcessError> {
+        self.effects = true;
         self.out
             .send(sink, partition, key, Some(value))
             .map_err(ProcessError::fatal)
@@ -93,6 +105,19 @@ impl TaskContext for EngineContext<'_> {
         let Some(record) = self.record else {
             return Err(ProcessError::fatal(NoRecord));
         };
+        self.effects = true;
+        self.out
+            .dead_letter(record, kind, reason)
+            .map_err(ProcessError::fatal)
+    }
+
+    fn dead_letter_record(
+        &mut self,
+        record: &Record<'_>,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), ProcessError> {
+        self.effects = true;
         self.out
             .dead_letter(record, kind, reason)
             .map_err(ProcessError::fatal)

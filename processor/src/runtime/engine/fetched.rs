@@ -13,8 +13,14 @@
 //! topic advance together in event time; the topics keep the share and the pace the consumer
 //! gives them. (Ordering across topics by timestamp would not do: the internal topics carry
 //! the time they were written, not their input's, and would wait behind a whole backlog.)
+//!
+//! A partition whose head record could not be processed for a reason that may pass (the
+//! registry is down and the record names a schema id not seen yet) is *paused*: the record goes
+//! back to the head of its queue, and no record of that partition is taken until the engine
+//! resumes it ([`Fetched::unread`], [`Fetched::resume_due`]); the other partitions go on.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
 use crate::runtime::topology::SourceId;
 
@@ -50,13 +56,17 @@ pub(super) struct Fetched {
     len: usize,
     /// How many records were ever buffered.
     pushed: u64,
+    /// How many queues are paused.
+    paused: usize,
 }
 
-/// One partition's records, and when (in records buffered) it last gave one.
+/// One partition's records, when (in records buffered) it last gave one, and until when it
+/// is paused.
 #[derive(Debug, Default)]
 struct Queue {
     records: VecDeque<FetchedRecord>,
     last_push: u64,
+    paused_until: Option<Instant>,
 }
 
 impl Fetched {
@@ -65,8 +75,59 @@ impl Fetched {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether a record can be taken now: one is buffered in a partition that is not paused.
+    pub fn has_runnable(&self) -> bool {
+        if self.paused == 0 {
+            return self.len > 0;
+        }
+        self.queues
+            .values()
+            .any(|q| q.paused_until.is_none() && !q.records.is_empty())
+    }
+
+    /// Puts `record`, just taken from `partition`, back at the head of its queue, and takes
+    /// nothing more from that partition until [`Fetched::resume_due`] is called at or after
+    /// `until`.
+    pub fn unread(&mut self, partition: SourcePartition, record: FetchedRecord, until: Instant) {
+        let queue = self.queues.entry(partition).or_default();
+        queue.records.push_front(record);
+        if queue.paused_until.replace(until).is_none() {
+            self.paused += 1;
+        }
+        self.len += 1;
+    }
+
+    /// Resumes the paused partitions whose time has come, and returns them; each of their
+    /// records gets its turn again.
+    pub fn resume_due(&mut self, now: Instant) -> Vec<SourcePartition> {
+        if self.paused == 0 {
+            return Vec::new();
+        }
+        let mut resumed = Vec::new();
+        for (partition, queue) in &mut self.queues {
+            if queue.paused_until.is_some_and(|until| until <= now) {
+                queue.paused_until = None;
+                let turn = (partition.0, partition.1);
+                self.turns
+                    .extend(std::iter::repeat_n(turn, queue.records.len()));
+                resumed.push(*partition);
+            }
+        }
+        self.paused -= resumed.len();
+        resumed
+    }
+
+    /// The paused partitions.
+    pub fn paused(&self) -> impl Iterator<Item = SourcePartition> + '_ {
+        self.queues
+            .iter()
+            .filter(|(_, q)| q.paused_until.is_some())
+            .map(|(p, _)| *p)
     }
 
     /// Whether the next turn can be taken in timestamp order: each partition of its topic
@@ -99,6 +160,7 @@ impl Fetched {
             let head = self
                 .queues
                 .range_mut(topic)
+                .filter(|(_, q)| q.paused_until.is_none())
                 .filter_map(|(p, q)| Some((q.records.front()?.timestamp, *p, q)))
                 .min_by_key(|(timestamp, p, _)| (*timestamp, p.2));
             if let Some((_, partition, queue)) = head {
@@ -118,13 +180,26 @@ impl Fetched {
     }
 
     /// Drops the buffered records of the partitions `keep` refuses (revoked, or rewound: the
-    /// consumer reads them again).
-    pub fn retain(&mut self, mut keep: impl FnMut(SourcePartition) -> bool) {
-        self.queues.retain(|p, _| keep(*p));
+    /// consumer reads them again), and returns those of them that were paused (the caller
+    /// resumes them in the consumer).
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(SourcePartition) -> bool,
+    ) -> Vec<SourcePartition> {
+        let mut unpaused = Vec::new();
+        self.queues.retain(|p, q| {
+            let kept = keep(*p);
+            if !kept && q.paused_until.is_some() {
+                unpaused.push(*p);
+            }
+            kept
+        });
+        self.paused -= unpaused.len();
         self.len = self.queues.values().map(|q| q.records.len()).sum();
         if self.len == 0 {
             self.turns.clear();
         }
+        unpaused
     }
 }
 
@@ -213,6 +288,41 @@ mod tests {
             fetched.push((ORDERS.0, ORDERS.1, 1), record(offset, offset));
             assert_eq!(fetched.ready(), offset as u64 >= QUIET_AFTER, "{offset}");
         }
+    }
+
+    #[test]
+    fn a_paused_partition_gives_nothing_until_resumed_and_keeps_its_order() {
+        let mut fetched = Fetched::default();
+        for (offset, ts) in [(0, 1), (1, 2)] {
+            fetched.push((ORDERS.0, ORDERS.1, 0), record(offset, ts));
+        }
+        fetched.push((ORDERS.0, ORDERS.1, 1), record(0, 5));
+        let (partition, first) = fetched.pop().expect("partition 0's head");
+        assert_eq!((partition.2, first.offset), (0, 0));
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        fetched.unread(partition, first, later);
+        assert_eq!(fetched.paused().collect::<Vec<_>>(), [partition]);
+        // Only partition 1 is taken; partition 0's records wait.
+        assert!(fetched.has_runnable());
+        assert_eq!(drain(&mut fetched), [(1, 0)]);
+        assert!(!fetched.has_runnable() && fetched.len() == 2);
+        assert!(fetched.resume_due(now).is_empty(), "not yet");
+        assert_eq!(fetched.resume_due(later), [partition]);
+        assert_eq!(drain(&mut fetched), [(0, 0), (0, 1)]);
+        assert!(fetched.is_empty() && fetched.paused().next().is_none());
+    }
+
+    #[test]
+    fn a_dropped_paused_partition_is_named() {
+        let mut fetched = Fetched::default();
+        fetched.push((ORDERS.0, ORDERS.1, 0), record(0, 1));
+        fetched.push((ORDERS.0, ORDERS.1, 1), record(0, 2));
+        let (partition, first) = fetched.pop().expect("a head");
+        fetched.unread(partition, first, Instant::now());
+        assert_eq!(fetched.retain(|p| p.2 == 1), [(ORDERS.0, ORDERS.1, 0)]);
+        assert!(fetched.has_runnable() && fetched.paused().next().is_none());
+        assert_eq!(drain(&mut fetched), [(1, 0)]);
     }
 
     #[test]

@@ -45,12 +45,18 @@ use super::topics::Partitions;
 use super::topology::{ProcessError, Record, SourceId, Topology};
 use crate::metrics::Metrics;
 use context::EngineContext;
-use fetched::{Fetched, FetchedRecord, MAX_BUFFERED};
+use fetched::{Fetched, FetchedRecord, MAX_BUFFERED, SourcePartition};
 use outputs::Outputs;
 use tasks::Tasks;
 
-/// How long to wait before retrying after a transient failure (registry unreachable).
+/// How long to wait before retrying after a transient failure (registry unreachable) that
+/// left effects behind, which the transaction's rollback undoes.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How long a partition whose record failed for a reason that may pass (before any effect)
+/// first stays paused; each failure in a row doubles it, up to [`PAUSE_MAX`].
+const PAUSE_FIRST: Duration = Duration::from_secs(1);
+const PAUSE_MAX: Duration = Duration::from_secs(16);
 
 /// Records processed between two servings of the producer's delivery reports.
 const DELIVERY_POLL_EVERY: u32 = 64;
@@ -143,6 +149,8 @@ pub struct Engine {
     drained_at: i64,
     /// What the consumer handed out and is not processed yet.
     fetched: Fetched,
+    /// The paused partitions' failures in a row (see [`Engine::pause`]).
+    retrying: HashMap<SourcePartition, u32>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -242,6 +250,7 @@ pub fn run_engine(
         failed: false,
         drained_at: i64::MIN,
         fetched: Fetched::default(),
+        retrying: HashMap::new(),
         config: config.clone(),
     }));
     let mut consumer_config = config.client.clone();
@@ -323,10 +332,11 @@ fn run_loop(
         }
         // Read ahead until every partition of the next record's topic has a record at hand,
         // or the consumer has nothing more, or the buffer is full (see `fetched`).
+        engine.resume_due(consumer);
         if drained || engine.fetched.ready() || engine.fetched.len() >= MAX_BUFFERED {
             engine.process_next(consumer)?;
         }
-        let idle = drained && engine.fetched.is_empty();
+        let idle = drained && !engine.fetched.has_runnable();
         engine.punctuate(consumer)?;
         unserved += 1;
         if engine.out.tx.is_committing() {
@@ -359,7 +369,7 @@ fn run_loop(
         // While a commit waits for acknowledgements, take whatever records are there without
         // waiting (none: the commit finishes); with a transaction open, wait no longer than
         // until an early commit is due.
-        wait = if engine.out.tx.is_committing() || !engine.fetched.is_empty() {
+        wait = if engine.out.tx.is_committing() || engine.fetched.has_runnable() {
             Duration::ZERO
         } else if engine.out.tx.is_open() {
             engine
@@ -429,11 +439,15 @@ impl Engine {
         let (processor, view) = task.split();
         let mut ctx = EngineContext::new(view, &mut self.out, Some(&record));
         let processed = processor.process(&mut ctx, &record);
+        let effects = ctx.effects();
         if ctx.scheduled() {
             self.tasks.reschedule();
         }
         match processed {
             Ok(()) => {
+                if !self.retrying.is_empty() {
+                    self.retrying.remove(&(sub, source, partition));
+                }
                 self.out.tx.consumed(topic, record.partition, record.offset);
                 let metrics = &self.metrics;
                 self.consumed
@@ -449,6 +463,10 @@ impl Engine {
                     .observe(started.elapsed().as_secs_f64());
                 Ok(())
             }
+            Err(ProcessError::Retry(reason)) if !effects => {
+                self.pause(consumer, (sub, source, partition), fetched, &reason);
+                Ok(())
+            }
             Err(ProcessError::Retry(reason)) => {
                 tracing::warn!(%reason, "transient failure: rolling back and retrying");
                 self.out.tx.consumed(topic, record.partition, record.offset);
@@ -458,6 +476,81 @@ impl Engine {
             }
             Err(ProcessError::Fatal(source)) => Err(EngineError::Processor { task: id, source }),
         }
+    }
+
+    /// Pauses `partition` after its record `fetched` failed for a reason that may pass, before
+    /// any effect: the record goes back to the head of the partition's queue, the consumer
+    /// stops fetching the partition, and the other partitions go on. The pause doubles with
+    /// each failure in a row ([`PAUSE_FIRST`] to [`PAUSE_MAX`]); one line is logged per pause.
+    fn pause(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partition: SourcePartition,
+        fetched: FetchedRecord,
+        reason: &str,
+    ) {
+        let attempt = {
+            let failures = self.retrying.entry(partition).or_default();
+            *failures += 1;
+            *failures
+        };
+        let pause = PAUSE_FIRST
+            .saturating_mul(1 << (attempt - 1).min(8))
+            .min(PAUSE_MAX);
+        let offset = fetched.offset;
+        self.fetched
+            .unread(partition, fetched, Instant::now() + pause);
+        let topic = self.topic_of(partition);
+        tracing::warn!(
+            reason,
+            topic,
+            partition = partition.2,
+            offset,
+            attempt,
+            "cannot process a record for now: its partition is paused for {pause:?}, the others go on"
+        );
+        self.set_paused(consumer, &[partition], true);
+        self.metrics.processing_retries.inc();
+    }
+
+    /// Resumes the paused partitions whose pause is over.
+    fn resume_due(&mut self, consumer: &BaseConsumer<StreamsContext>) {
+        let resumed = self.fetched.resume_due(Instant::now());
+        if !resumed.is_empty() {
+            self.set_paused(consumer, &resumed, false);
+        }
+    }
+
+    /// Pauses or resumes fetching `partitions` in the consumer, and updates the gauge.
+    fn set_paused(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: &[SourcePartition],
+        paused: bool,
+    ) {
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition(self.topic_of(partition), partition.2);
+        }
+        let result = if paused {
+            consumer.pause(&list)
+        } else {
+            consumer.resume(&list)
+        };
+        if let Err(error) = result {
+            // Not fetching a paused partition only saves memory; fetching a partition that
+            // should be resumed is what matters, and a revoked one needs nothing.
+            tracing::debug!(%error, paused, "cannot pause or resume partitions");
+        }
+        self.metrics
+            .paused_partitions
+            .set(self.fetched.paused().count() as i64);
+    }
+
+    fn topic_of(&self, (sub, source, _): SourcePartition) -> &str {
+        self.config.topology.subs[usize::from(sub)].sources[usize::from(source.0)]
+            .name
+            .as_str()
     }
 
     /// Runs the punctuations that are due.
@@ -585,7 +678,8 @@ impl Engine {
                 Some((sub, source, *partition))
             })
             .collect();
-        self.fetched.retain(|p| !rewound_partitions.contains(&p));
+        let unpaused = self.fetched.retain(|p| !rewound_partitions.contains(&p));
+        self.set_paused(consumer, &unpaused, false);
         Transactor::rewind(consumer, rewind);
         // Read again, the rewound records are no partition's idle time.
         self.catch_up(consumer, rewound);
@@ -626,8 +720,16 @@ impl Engine {
         }
         self.tasks.close(&revoked, &self.metrics);
         let tasks = &self.tasks;
-        self.fetched
+        let unpaused = self
+            .fetched
             .retain(|(sub, _, partition)| tasks.contains(TaskId { sub, partition }));
+        self.retrying.retain(|p, _| {
+            tasks.contains(TaskId {
+                sub: p.0,
+                partition: p.2,
+            })
+        });
+        self.set_paused(consumer, &unpaused, false);
         self.publish_tasks();
     }
 
