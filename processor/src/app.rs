@@ -229,6 +229,7 @@ pub async fn start(
         state_dir,
         client,
         instance_id: instance_id.clone(),
+        group_instance_id: None,
         memory: SharedMemory::new((args.cache_mb << 20) as usize),
         topology,
         partitions,
@@ -248,6 +249,7 @@ pub async fn start(
             // Thread 0 keeps the instance's own transactional id, so one thread is unchanged.
             config.instance_id = format!("{instance_id}-{thread}");
         }
+        config.group_instance_id = args.instance_id.as_ref().map(|id| format!("{id}-{thread}"));
         config.subscription = Some(subscription.clone());
         config.status = statuses[thread].clone();
         config.client_id = Some(config.status.snapshot().client_id);

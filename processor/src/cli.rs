@@ -165,6 +165,13 @@ pub struct RunArgs {
     #[arg(long, env = "STOCKFLOW_NUM_STREAM_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub num_stream_threads: u16,
 
+    /// Static group membership (Kafka's group.instance.id, `<id>-<thread>` per engine
+    /// thread): a name that stays the same across restarts, e.g. the pod name. An instance
+    /// restarted within the session timeout gets its partitions back and nothing moves; one
+    /// that stops keeps its partitions until the session timeout ends (it does not leave).
+    #[arg(long, env = "STOCKFLOW_INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+
     /// /health fails when an engine thread goes this long without progress (its loop going
     /// round, or a restore writing a batch), e.g. 2m: a wedged engine shows as unhealthy.
     #[arg(long, env = "STOCKFLOW_STALL_TIMEOUT", default_value = "2m", value_parser = parse_interval)]
@@ -320,6 +327,15 @@ fn parse_retention(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1ms".into());
     }
     Ok(retention)
+}
+
+/// An instance id: 1 to 200 letters, digits, `.`, `_` or `-`.
+fn parse_instance_id(s: &str) -> Result<String, String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty() || s.len() > 200 || !s.chars().all(valid) {
+        return Err("must be 1 to 200 letters, digits, '.', '_' or '-'".into());
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

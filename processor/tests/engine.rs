@@ -98,6 +98,7 @@ async fn run_ticker(guarantee: ProcessingGuarantee, stall_at: Option<u64>) -> Ti
         state_dir: state.path().join(&topology.application_id),
         client,
         instance_id: unique("ticker"),
+        group_instance_id: None,
         memory: SharedMemory::new(8 << 20),
         topology: topology.clone(),
         partitions: Arc::new(partitions),

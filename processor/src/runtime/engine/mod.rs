@@ -89,6 +89,8 @@ pub struct EngineConfig {
     pub client: ClientConfig,
     /// Stable per state directory and engine thread; names the transactional producers.
     pub instance_id: String,
+    /// Static group membership: the consumer's `group.instance.id`, if any.
+    pub group_instance_id: Option<String>,
     /// The RocksDB memory every store of the process shares.
     pub memory: SharedMemory,
     /// What runs: the topology, with a processor supplier per sub-topology.
@@ -256,6 +258,9 @@ pub fn run_engine(
     let mut consumer_config = config.client.clone();
     if let Some(client_id) = &config.client_id {
         consumer_config.set("client.id", client_id);
+    }
+    if let Some(member) = &config.group_instance_id {
+        consumer_config.set("group.instance.id", member);
     }
     let consumer: BaseConsumer<StreamsContext> = consumer_config
         .set("group.id", &config.application_id)
