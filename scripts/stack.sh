@@ -5,12 +5,14 @@
 #   postgres    PostgreSQL 15, database and role stockflow          127.0.0.1:5432
 #   prometheus  Prometheus, scraping the processors on 9400-9403    http://127.0.0.1:9090
 #
-# Usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | psql | prune | clean
+# Usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | crash NAME | status | env | logs NAME [tail args] | psql | prune | clean
 #   install  installs the Debian packages that are missing and downloads Kafka and the registry
 #            with Maven (cached: a second install uses no network)
 #   start    install, then start every service (or the NAMEd ones) that is not up and wait until
 #            each one answers
 #   stop     stop the services, or the NAMEd ones (by their pid files)
+#   crash    SIGKILL the NAMEd service, kafka or registry (by its pid file), for fault tests; start
+#            brings it back
 #   status   one line per service: up or down, and its address; exits 1 if any is down
 #   env      export lines for the endpoints: eval "$(scripts/stack.sh env)"
 #   logs     the last lines of a service's log, e.g. scripts/stack.sh logs kafka -f
@@ -39,7 +41,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-usage() { echo "usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | status | env | logs NAME [tail args] | psql [psql args] | prune | clean"; }
+usage() { echo "usage: scripts/stack.sh install | start [NAME...] | stop [NAME...] | crash NAME | status | env | logs NAME [tail args] | psql [psql args] | prune | clean"; }
 
 SERVICES=(kafka registry postgres prometheus)
 
@@ -464,6 +466,21 @@ cmd_stop() {
   for name in "${reversed[@]}"; do "stop_$name"; done
 }
 
+cmd_crash() {
+  local pidfile pid
+  case "${1:-}" in
+    kafka) pidfile=$KAFKA_DIR/kafka.pid ;;
+    registry) pidfile=$REGISTRY_DIR/registry.pid ;;
+    *) die "crash: name kafka or registry" ;;
+  esac
+  pid_alive "$pidfile" || die "$1: not running"
+  pid=$(head -n 1 "$pidfile")
+  say "$1: killing pid $pid (SIGKILL)"
+  kill -9 "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  rm -f "$pidfile"
+}
+
 cmd_status() {
   local ok=0
   status_line kafka "$KAFKA_HOST" "$KAFKA_PORT" "$KAFKA_BOOTSTRAP_SERVERS" "$KAFKA_DIR/kafka.pid" || ok=1
@@ -534,6 +551,7 @@ case "${1:-}" in
   install) cmd_install ;;
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
+  crash) shift; cmd_crash "$@" ;;
   status) cmd_status ;;
   env) cmd_env ;;
   logs) shift; cmd_logs "$@" ;;

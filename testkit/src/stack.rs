@@ -63,6 +63,20 @@ impl Stack {
         }
     }
 
+    /// Kills the Kafka broker with SIGKILL (for the broker bounce test; the same rule as
+    /// [`Stack::stop_postgres`]) until [`BrokerOutage::end`] starts it again. Only the local
+    /// stack can do it: `None` when the services are containers. If the test fails first, the
+    /// broker is started again as the guard drops.
+    pub fn crash_kafka(&self) -> Option<BrokerOutage> {
+        match &self.services {
+            Services::LocalStack => {
+                local_stack(&["crash", "kafka"]);
+                Some(BrokerOutage { ended: false })
+            }
+            Services::Containers { .. } => None,
+        }
+    }
+
     /// Takes the schema registry away (for outage tests; the same rule as
     /// [`Stack::stop_postgres`]) until [`RegistryOutage::end`]: the local stack's is stopped
     /// (connections are refused); a container, whose schemas live in memory, is paused instead
@@ -230,6 +244,28 @@ impl Drop for RegistryOutage<'_> {
     fn drop(&mut self) {
         if !self.ended && matches!(self.stack.services, Services::LocalStack) {
             local_stack(&["start", "registry"]);
+        }
+    }
+}
+
+/// The broker's outage, from [`Stack::crash_kafka`].
+#[derive(Debug)]
+pub struct BrokerOutage {
+    ended: bool,
+}
+
+impl BrokerOutage {
+    /// Starts the broker again and waits until it answers.
+    pub fn end(mut self) {
+        self.ended = true;
+        local_stack(&["start", "kafka"]);
+    }
+}
+
+impl Drop for BrokerOutage {
+    fn drop(&mut self) {
+        if !self.ended {
+            local_stack(&["start", "kafka"]);
         }
     }
 }

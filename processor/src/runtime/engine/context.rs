@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::outputs::Outputs;
 use super::tasks::{Punctuation, TaskView};
+use crate::runtime::guarantee::GuaranteeError;
 use crate::runtime::task::TaskId;
 use crate::runtime::topology::{
     NoRecord, ProcessError, Record, SinkId, SourceId, StoreId, TaskContext,
@@ -42,6 +43,15 @@ impl<'a> EngineContext<'a> {
     /// punctuation must be recomputed).
     pub fn scheduled(&self) -> bool {
         self.scheduled
+    }
+}
+
+/// A send that failed because the transaction must be aborted is retried after the rollback
+/// (see [`ProcessError::Retry`]); any other failure stops the engine.
+fn send_error(error: GuaranteeError) -> ProcessError {
+    match error {
+        GuaranteeError::Abortable(e) => ProcessError::Retry(e.to_string()),
+        other => ProcessError::fatal(other),
     }
 }
 
@@ -98,7 +108,7 @@ impl TaskContext for EngineContext<'_> {
         self.effects = true;
         self.out
             .send(sink, partition, key, Some(value))
-            .map_err(ProcessError::fatal)
+            .map_err(send_error)
     }
 
     fn dead_letter(&mut self, kind: &str, reason: &str) -> Result<(), ProcessError> {
@@ -108,7 +118,7 @@ impl TaskContext for EngineContext<'_> {
         self.effects = true;
         self.out
             .dead_letter(record, kind, reason)
-            .map_err(ProcessError::fatal)
+            .map_err(send_error)
     }
 
     fn dead_letter_record(
@@ -120,7 +130,7 @@ impl TaskContext for EngineContext<'_> {
         self.effects = true;
         self.out
             .dead_letter(record, kind, reason)
-            .map_err(ProcessError::fatal)
+            .map_err(send_error)
     }
 
     fn partitions(&self, sink: SinkId) -> i32 {

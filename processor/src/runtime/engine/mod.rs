@@ -270,6 +270,14 @@ pub fn run_engine(
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "5000")
+        // A broker that comes back is reconnected to within a second, not librdkafka's 10 s.
+        .set(
+            "reconnect.backoff.max.ms",
+            config
+                .client
+                .get("reconnect.backoff.max.ms")
+                .unwrap_or("1000"),
+        )
         // Fetches wait at most 20 ms for data, not Kafka's 500: librdkafka keeps one fetch in
         // flight per broker, so a long wait on idle partitions would hold up the first fetch
         // after a rewind or a new assignment. (The wait was shortened because a commit marker
@@ -332,6 +340,11 @@ fn run_loop(
         }
         match polled {
             Some(Ok(message)) => engine.fetch(&message),
+            // A fatal consumer error (e.g. a static member fenced by the coordinator) leaves a
+            // consumer that hands out nothing more: the engine stops rather than poll it forever.
+            Some(Err(error @ KafkaError::MessageConsumptionFatal(_))) => {
+                return Err(EngineError::Consumer(error));
+            }
             Some(Err(error)) => tracing::warn!(%error, "consumer error"),
             None => {}
         }
@@ -367,7 +380,7 @@ fn run_loop(
             if engine.out.tx.due(interval)
                 || (idle && engine.out.tx.due(interval / EARLY_COMMIT_DIVISOR))
             {
-                engine.start_commit()?;
+                engine.start_commit(consumer)?;
                 engine.update_memory_metrics();
             }
         }
@@ -597,17 +610,19 @@ impl Engine {
         if self.out.tx.is_committing() {
             self.finish_commit(consumer)?;
         }
-        self.start_commit()?;
+        self.start_commit(consumer)?;
         self.finish_commit(consumer)
     }
 
     /// Starts a commit: the stores' pending writes become their committing layers and go to
     /// the changelogs, and what was consumed so far is what the commit covers. The engine
     /// goes on processing until [`Engine::finish_commit`].
-    fn start_commit(&mut self) -> Result<(), EngineError> {
+    fn start_commit(&mut self, consumer: &BaseConsumer<StreamsContext>) -> Result<(), EngineError> {
         self.commit_started = Instant::now();
         self.tasks.freeze();
-        self.out.send_changelogs(&self.tasks)?;
+        if let Err(error) = self.out.send_changelogs(&self.tasks) {
+            return self.or_roll_back(consumer, Err(error));
+        }
         self.out.tx.start_commit();
         Ok(())
     }
@@ -656,8 +671,21 @@ impl Engine {
             }
             Committed::Aborted(reason) => self.roll_back(consumer, &reason)?,
         }
-        self.out.send_outbox()?;
-        Ok(())
+        let sent = self.out.send_outbox();
+        self.or_roll_back(consumer, sent)
+    }
+
+    /// Rolls back when `sent` failed because the transaction must be aborted; any other
+    /// failure stops the engine.
+    fn or_roll_back(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        sent: Result<(), GuaranteeError>,
+    ) -> Result<(), EngineError> {
+        match sent {
+            Err(GuaranteeError::Abortable(error)) => self.roll_back(consumer, &error.to_string()),
+            other => Ok(other?),
+        }
     }
 
     /// Aborts the transaction (commit in progress or not), drops every uncommitted store write
@@ -717,6 +745,19 @@ impl Engine {
         if self.failed {
             // The engine is stopping after a failure: its uncommitted work is dropped (the
             // partitions' next owner reads it again from the committed offsets).
+            self.tasks.roll_back();
+            self.out.clear_outbox();
+        } else if consumer.assignment_lost() {
+            // The group went on without this member (its session ended, say while the broker
+            // was down): the partitions may have another owner already, so nothing may be
+            // committed for them. The transaction is aborted (waiting for the coordinator if
+            // need be) and the next owner, perhaps this engine again, reads from the offsets
+            // committed last.
+            tracing::warn!("the group's assignment was lost: dropping the uncommitted work");
+            if let Err(error) = self.out.tx.abort() {
+                self.failed = true;
+                self.fatal.get_or_insert(error.into());
+            }
             self.tasks.roll_back();
             self.out.clear_outbox();
         } else if let Err(error) = self.commit(consumer) {

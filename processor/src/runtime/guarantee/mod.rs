@@ -21,8 +21,28 @@
 //! - when the commit fails with an abortable error (a rebalance moved the group's generation,
 //!   a delivery failed, a timeout), the transaction is aborted, the pending writes are dropped,
 //!   and every partition is rewound to the first offset of the aborted transaction;
-//! - a fatal error (fenced by a newer instance with the same transactional id) stops the
-//!   instance: it must not write again.
+//! - a fatal error (fenced, or a transaction left in an unknown state by a timeout) rebuilds
+//!   the producer once and rolls back; a second one before any commit stops the engine (below).
+//!
+//! **What each error class does** (exactly-once):
+//! - *Abortable* (a delivery failed or timed out, a commit refused because the group's
+//!   generation moved, a send refused because the transaction is in an abortable state): the
+//!   transaction is aborted, the stores drop their pending writes, the partitions are rewound
+//!   to the last commit, and processing goes on ([`GuaranteeError::Abortable`] for sends).
+//! - *Retriable timeouts* (the broker is down or restarting): a commit is retried three times;
+//!   an abort or `init_transactions` is retried for up to [`ABORT_PATIENCE`] (librdkafka's
+//!   "retry call to resume"), so a broker bounce is waited out instead of stopping the engine.
+//! - *Fatal or fenced* on commit or abort. The usual cause is a transaction left in an unknown
+//!   state by a timeout: the coordinator aborted it and bumped the epoch while the broker was
+//!   away, and librdkafka has no KIP-890. The producer is rebuilt with the same transactional
+//!   id ([`Transactor::recover`]), and the engine rolls back to the last commit. A producer
+//!   that fails fatally again before any transaction commits stops the engine: only another
+//!   process with the same transactional id could cause that. The state dir's lock keeps such
+//!   a process off this machine, so it would be a copied state dir elsewhere, and the two
+//!   must not fence each other forever.
+//! - *An assignment lost* (the session ended while the broker was down): nothing is
+//!   committed for it; the transaction is aborted and the tasks are closed (see the engine's
+//!   revoke callback).
 //!
 //! Partitions are revoked only after the open transaction commits (in the rebalance callback,
 //! before the consumer rejoins), so a task's new owner never sees half of a transaction.
@@ -52,6 +72,10 @@ pub use lifecycle::{Lifecycle, Positions, TxState};
 /// How long a transactional call may take before it counts as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an abort keeps trying while the transaction coordinator cannot be reached (a
+/// broker restarting) before the engine gives up and stops.
+const ABORT_PATIENCE: Duration = Duration::from_secs(300);
+
 /// How long a drain first sleeps when no delivery report has arrived; each further sleep is
 /// twice as long, up to [`DRAIN_PAUSE_MAX`]. (A fixed 100 µs woke the idle engine thread up to
 /// 170 times in a 17 ms drain: at 5,000 orders/s it woke 2,800 times a second, and 830 with
@@ -62,11 +86,13 @@ const DRAIN_PAUSE: Duration = Duration::from_micros(100);
 const DRAIN_PAUSE_MAX: Duration = Duration::from_millis(1);
 
 /// Producer settings unless the user sets them (`-X KEY=VALUE`).
-const PRODUCER_DEFAULTS: [(&str, &str); 4] = [
+const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
     ("linger.ms", "5"),
     ("batch.num.messages", "10000"),
     ("queue.buffering.max.messages", "1000000"),
     ("queue.buffering.max.kbytes", "1048576"),
+    // A broker that comes back is reconnected to within a second, not librdkafka's 10 s.
+    ("reconnect.backoff.max.ms", "1000"),
 ];
 
 /// `processing.guarantee`.
@@ -90,6 +116,10 @@ pub enum GuaranteeError {
     },
     #[error("Kafka producer: {0}")]
     Kafka(#[from] KafkaError),
+    /// The transaction failed and must be aborted before anything more is sent (records timed
+    /// out while the broker was away, say): the engine rolls back and goes on.
+    #[error("the transaction must be aborted: {0}")]
+    Abortable(KafkaError),
 }
 
 /// Collects delivery reports: the highest offset written to each changelog partition, and
@@ -200,6 +230,9 @@ pub struct Transactor {
     /// The transaction's state and the positions it covers.
     life: Lifecycle,
     last_commit: Instant,
+    /// The producers' configuration and the changelogs, to rebuild a producer.
+    config: ClientConfig,
+    changelogs: Vec<String>,
 }
 
 impl std::fmt::Debug for Transactor {
@@ -216,6 +249,11 @@ impl std::fmt::Debug for Transactor {
 struct EngineProducer {
     producer: BaseProducer<DeliveryTracker>,
     transactional_id: String,
+    /// A transaction was begun and has not ended (exactly-once).
+    in_transaction: bool,
+    /// Rebuilt after a fatal error, and no transaction has committed since (a second fatal
+    /// error then stops the engine: see [`Transactor::recover`]).
+    rebuilt: bool,
 }
 
 /// The second transactional producer's id: the first one's with this suffix.
@@ -259,28 +297,7 @@ impl Transactor {
         };
         let producers = ids
             .into_iter()
-            .map(|transactional_id| {
-                let mut config = config.clone();
-                if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
-                    config
-                        .set("transactional.id", &transactional_id)
-                        .set("transaction.timeout.ms", "10000");
-                }
-                let producer: BaseProducer<DeliveryTracker> =
-                    config.create_with_context(DeliveryTracker {
-                        changelogs: changelogs.clone(),
-                        state: Mutex::default(),
-                    })?;
-                if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
-                    producer
-                        .init_transactions(TXN_TIMEOUT)
-                        .map_err(|e| classify(&transactional_id, e))?;
-                }
-                Ok(EngineProducer {
-                    producer,
-                    transactional_id,
-                })
-            })
+            .map(|transactional_id| create(&config, guarantee, transactional_id, &changelogs))
             .collect::<Result<_, GuaranteeError>>()?;
         Ok(Self {
             producers,
@@ -288,7 +305,40 @@ impl Transactor {
             guarantee,
             life: Lifecycle::default(),
             last_commit: Instant::now(),
+            config,
+            changelogs,
         })
+    }
+
+    /// After a fatal error of the current producer (fenced, or a transaction in an unknown
+    /// state after a timeout: librdkafka has no KIP-890), rebuilds it: a new producer with the
+    /// same transactional id, whose `init_transactions` bumps the epoch and aborts whatever
+    /// the old one left open. The caller then rolls back to the last commit. Refused (the
+    /// error is returned) if this producer was already rebuilt and no transaction has
+    /// committed since: a second instance with the same id would otherwise be fought forever.
+    fn recover(&mut self, error: GuaranteeError) -> Result<(), GuaranteeError> {
+        let fatal = match &error {
+            GuaranteeError::Fenced { .. } => true,
+            GuaranteeError::Kafka(KafkaError::Transaction(e)) => e.is_fatal(),
+            _ => false,
+        };
+        if !fatal
+            || self.guarantee != ProcessingGuarantee::ExactlyOnceV2
+            || self.producers[self.current].rebuilt
+        {
+            return Err(error);
+        }
+        let transactional_id = self.transactional_id().to_owned();
+        tracing::warn!(%error, transactional_id, "rebuilding the transactional producer");
+        let mut producer = create(
+            &self.config,
+            self.guarantee,
+            transactional_id,
+            &self.changelogs,
+        )?;
+        producer.rebuilt = true;
+        self.producers[self.current] = producer;
+        Ok(())
     }
 
     /// The producer of the open (or committing) transaction.
@@ -312,6 +362,7 @@ impl Transactor {
             self.producer()
                 .begin_transaction()
                 .map_err(|e| classify(self.transactional_id(), e))?;
+            self.producers[self.current].in_transaction = true;
         }
         Ok(())
     }
@@ -324,6 +375,13 @@ impl Transactor {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     self.producer().poll(Duration::from_millis(10));
+                }
+                // A transaction in an abortable error state takes no more records (librdkafka
+                // refuses them with `_STATE`); a fatal one is found out by the abort.
+                Err((error @ KafkaError::MessageProduction(RDKafkaErrorCode::State), _))
+                    if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 =>
+                {
+                    return Err(GuaranteeError::Abortable(error));
                 }
                 Err((error, _)) => return Err(classify(self.transactional_id(), error)),
             }
@@ -444,6 +502,10 @@ impl Transactor {
         match result {
             Ok(()) => {
                 let delivered = self.tracker().take();
+                for producer in &mut self.producers {
+                    producer.rebuilt = false;
+                }
+                self.producers[self.current].in_transaction = false;
                 self.ended();
                 Ok(Committed::Done {
                     changelog_offsets: delivered.changelog_offsets,
@@ -452,7 +514,13 @@ impl Transactor {
             Err(KafkaError::Transaction(e)) if !e.is_fatal() => {
                 Ok(Committed::Aborted(e.to_string()))
             }
-            Err(e) => Err(classify(self.transactional_id(), e)),
+            Err(e) => {
+                // Fenced, or in an unknown state: a new producer, and the caller rolls back
+                // (the new one has no transaction to abort).
+                let reason = e.to_string();
+                self.recover(classify(self.transactional_id(), e))?;
+                Ok(Committed::Aborted(reason))
+            }
         }
     }
 
@@ -489,7 +557,8 @@ impl Transactor {
     pub fn abort(&mut self) -> Result<Vec<(String, i32, i64)>, GuaranteeError> {
         let open = *self.life.state() != TxState::Idle;
         let rewind = self.life.abort();
-        if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && open {
+        let begun = self.producers[self.current].in_transaction;
+        if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 && open && begun {
             // librdkafka's abort first flushes what is still in flight, but rust-rdkafka's
             // producer takes delivery reports as events, which that flush cannot serve: with
             // records in flight the abort failed after its timeout ("the event queue must be
@@ -498,13 +567,36 @@ impl Transactor {
             if let Err(error) = self.drain() {
                 tracing::warn!(%error, "not every delivery report arrived before the abort");
             }
-            self.producer()
-                .abort_transaction(TXN_TIMEOUT)
-                .map_err(|e| classify(self.transactional_id(), e))?;
+            if let Err(error) = self.abort_transaction() {
+                self.recover(error)?;
+            }
+            self.producers[self.current].in_transaction = false;
         }
         self.tracker().take();
         self.ended();
         Ok(rewind)
+    }
+
+    /// Aborts the open transaction. A timeout is retriable ("retry call to resume": the broker
+    /// is down or restarting), and the abort is tried again, for up to [`ABORT_PATIENCE`], so
+    /// that a broker bounce is ridden out rather than stopping the engine.
+    fn abort_transaction(&self) -> Result<(), GuaranteeError> {
+        let started = Instant::now();
+        loop {
+            match self.producer().abort_transaction(TXN_TIMEOUT) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && started.elapsed() < ABORT_PATIENCE =>
+                {
+                    tracing::warn!(
+                        error = %e,
+                        waited = ?started.elapsed(),
+                        "cannot abort the transaction yet (is the broker down?): trying again"
+                    );
+                }
+                Err(e) => return Err(classify(self.transactional_id(), e)),
+            }
+        }
     }
 
     /// Seeks each partition back to the offset [`Transactor::abort`] returned for it.
@@ -525,6 +617,47 @@ impl Transactor {
     fn tracker(&self) -> &DeliveryTracker {
         self.producer().context()
     }
+}
+
+/// Creates one engine producer; with exactly-once, initialises its transactions (fencing any
+/// earlier producer with the same id), waiting up to [`ABORT_PATIENCE`] for a coordinator that
+/// cannot be reached.
+fn create(
+    config: &ClientConfig,
+    guarantee: ProcessingGuarantee,
+    transactional_id: String,
+    changelogs: &[String],
+) -> Result<EngineProducer, GuaranteeError> {
+    let mut config = config.clone();
+    if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+        config
+            .set("transactional.id", &transactional_id)
+            .set("transaction.timeout.ms", "10000");
+    }
+    let producer: BaseProducer<DeliveryTracker> = config.create_with_context(DeliveryTracker {
+        changelogs: changelogs.to_vec(),
+        state: Mutex::default(),
+    })?;
+    if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
+        let started = Instant::now();
+        loop {
+            match producer.init_transactions(TXN_TIMEOUT) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e))
+                    if e.is_retriable() && started.elapsed() < ABORT_PATIENCE =>
+                {
+                    tracing::warn!(error = %e, "cannot initialise transactions yet: trying again");
+                }
+                Err(e) => return Err(classify(&transactional_id, e)),
+            }
+        }
+    }
+    Ok(EngineProducer {
+        producer,
+        transactional_id,
+        in_transaction: false,
+        rebuilt: false,
+    })
 }
 
 fn classify(transactional_id: &str, error: KafkaError) -> GuaranteeError {
