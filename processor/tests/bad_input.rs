@@ -42,24 +42,6 @@ fn adjustment(id: &str, sku: &str, mode: AdjustmentMode, quantity: i64) -> Inven
     }
 }
 
-/// Publishes a record with a key and no value (a tombstone, to a topic that expects events).
-async fn send_null(world: &World, topic: &str, key: &str) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let producer: FutureProducer = world
-        .connection
-        .client_config()
-        .set("partitioner", plumbing::admin::PARTITIONER)
-        .create()
-        .expect("a producer");
-    producer
-        .send(
-            FutureRecord::<str, [u8]>::to(topic).key(key),
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("null record delivered");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_input_is_decided_rejected_or_dead_lettered() {
     let world = World::new("bad-input").await;
@@ -70,7 +52,7 @@ async fn every_kind_of_bad_input_is_decided_rejected_or_dead_lettered() {
 
     // Undecodable orders: empty, null, a valid header with a truncated body, another contract.
     world.send_raw(orders, "empty-value", b"").await;
-    send_null(&world, orders, "null-value").await;
+    world.send_value(orders, "null-value", None).await;
     let good = world
         .codec
         .encode(&order("truncated", &[(sku, 1)]))

@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use processor::app::Running;
 use schemas::topics::value_subject;
 use schemas::{Contract, OrderCreated, Registry, now_millis};
-use support::{MINUTE, World, initial_stock, order};
+use support::{MINUTE, World, framed, initial_stock, order};
 use testkit::stack;
 use tokio_util::sync::CancellationToken;
 
@@ -62,15 +61,7 @@ fn newer_order(schema: &Schema, id: u32, order_id: &str, sku: &str) -> Vec<u8> {
             Value::Union(1, Box::new(Value::String("happy birthday".into()))),
         ),
     ]);
-    let body = GenericDatumWriter::builder(schema)
-        .build()
-        .expect("a writer")
-        .write_value_to_vec(value)
-        .expect("the value matches the newer schema");
-    let mut bytes = vec![0];
-    bytes.extend_from_slice(&id.to_be_bytes());
-    bytes.extend_from_slice(&body);
-    bytes
+    framed(schema, id, value)
 }
 
 /// One world and its processor.

@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use schemas::topics::value_subject;
 use schemas::{Registry, now_millis};
-use support::{MINUTE, World, order};
+use support::{MINUTE, World, framed, order};
 use testkit::Isolation;
 
 /// OrderCreated, version 1.
@@ -47,19 +46,6 @@ const ORDER_CREATED_V1: &str = r#"{
     }
   ]
 }"#;
-
-/// A Confluent-framed record of `schema` (registered as `id`): magic 0, the id, the body.
-fn framed(schema: &Schema, id: u32, value: Value) -> Vec<u8> {
-    let body = GenericDatumWriter::builder(schema)
-        .build()
-        .expect("a writer")
-        .write_value_to_vec(value)
-        .expect("the value matches the v1 schema");
-    let mut bytes = vec![0];
-    bytes.extend_from_slice(&id.to_be_bytes());
-    bytes.extend_from_slice(&body);
-    bytes
-}
 
 /// A v1 order of one line.
 fn v1_order(id: &str, sku: &str, quantity: i32, unit_price_cents: i32) -> Value {

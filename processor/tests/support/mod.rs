@@ -254,6 +254,11 @@ impl World {
     /// Publishes raw bytes to a topic (for garbage), partitioned by key as the project's
     /// producers and Java clients partition.
     pub async fn send_raw(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.send_value(topic, key, Some(payload)).await;
+    }
+
+    /// Publishes a record with `key` and `value`, or no value at all (a tombstone).
+    pub async fn send_value(&self, topic: &str, key: &str, value: Option<&[u8]>) {
         use rdkafka::producer::{FutureProducer, FutureRecord};
         let producer: FutureProducer = self
             .connection
@@ -261,11 +266,12 @@ impl World {
             .set("partitioner", plumbing::admin::PARTITIONER)
             .create()
             .expect("a producer");
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
+            .send(record, Duration::from_secs(10))
             .await
             .expect("raw record delivered");
     }
@@ -912,4 +918,17 @@ pub fn final_stock(updates: &[InventoryUpdated]) -> HashMap<String, i64> {
         stock.insert(update.sku.clone(), update.available_after);
     }
     stock
+}
+
+/// A Confluent-framed record of `schema` (registered as `id`): magic 0, the id, the body.
+pub fn framed(schema: &apache_avro::Schema, id: u32, value: apache_avro::types::Value) -> Vec<u8> {
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .expect("a writer")
+        .write_value_to_vec(value)
+        .expect("the value matches the schema");
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
 }
