@@ -39,6 +39,8 @@ const CONTRACT_METRICS: &[&str] = &[
     "stockflow_order_outcomes_total",
     "stockflow_duplicate_orders_total",
     "stockflow_dlq_records_total",
+    "stockflow_processing_retries_total",
+    "stockflow_paused_partitions",
     "stockflow_processing_latency_seconds",
     "stockflow_order_e2e_latency_seconds",
     "stockflow_commit_latency_seconds",

@@ -119,6 +119,17 @@ impl Fetched {
             }
         }
         self.paused -= resumed.len();
+        // The turns a paused partition's records had went to the other partitions of their
+        // topic; each resume adds turns again, so a partition paused and resumed many times
+        // beside busy ones would pile up surplus turns. Past twice what is buffered, they are
+        // dealt afresh, a topic at a time (their order only spreads the topics' shares).
+        if self.turns.len() > 2 * self.len + 1_024 {
+            self.turns = self
+                .queues
+                .iter()
+                .flat_map(|(p, q)| std::iter::repeat_n((p.0, p.1), q.records.len()))
+                .collect();
+        }
         resumed
     }
 
@@ -311,6 +322,37 @@ mod tests {
         assert_eq!(fetched.resume_due(later), [partition]);
         assert_eq!(drain(&mut fetched), [(0, 0), (0, 1)]);
         assert!(fetched.is_empty() && fetched.paused().next().is_none());
+    }
+
+    #[test]
+    fn pausing_and_resuming_beside_a_busy_partition_does_not_pile_up_turns() {
+        let mut fetched = Fetched::default();
+        for offset in 0..3_000 {
+            fetched.push((ORDERS.0, ORDERS.1, 0), record(offset, offset));
+        }
+        let now = Instant::now();
+        for cycle in 0..100 {
+            fetched.push((ORDERS.0, ORDERS.1, 1), record(cycle, cycle));
+            let (partition, head) = fetched.pop().expect("a head");
+            if partition.2 == 0 {
+                fetched.unread(partition, head, now);
+            }
+            fetched.resume_due(now);
+        }
+        // Partition 0's head (the lowest timestamp) is taken, paused and resumed each time: 100
+        // resumes of 3,000 records would leave 300,000 turns.
+        assert_eq!(fetched.len(), 3_100);
+        assert!(
+            fetched.turns.len() <= 2 * fetched.len() + 1_024,
+            "{} turns for {} records",
+            fetched.turns.len(),
+            fetched.len()
+        );
+        assert_eq!(
+            drain(&mut fetched).len(),
+            3_100,
+            "every record is still taken"
+        );
     }
 
     #[test]
