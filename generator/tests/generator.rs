@@ -386,7 +386,17 @@ async fn run_restocks_every_period_while_orders_flow() {
         units += restock.quantity;
     }
     assert_eq!(units as u64, summary.restocked_units);
-    assert_eq!(rounds.len(), 3, "one round a second for 3.5 s: {rounds:?}");
+    // One round a second for 3.5 s, numbered in turn; a round whose second sent no order
+    // (a slow broker) owes nothing and writes no record, so only the last one is certain.
+    assert!(
+        !rounds.is_empty() && rounds.iter().all(|r| r.as_str() <= "000003"),
+        "rounds 1 to 3: {rounds:?}"
+    );
+    assert_eq!(
+        rounds.last().map(String::as_str),
+        Some("000003"),
+        "the third round, at 3 s, ran: {rounds:?}"
+    );
     assert!(
         restocks.iter().any(|r| r.sku == "SKU-KEYBOARD"),
         "the most popular product is restocked"
