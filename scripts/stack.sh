@@ -219,9 +219,10 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+# PROXIED is for the fault tests: it advertises the fault proxy's address (see lib/common.sh).
+listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT,PROXIED://$KAFKA_HOST:$KAFKA_PROXIED_PORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,PROXIED://$KAFKA_HOST:$FAULT_PROXY_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$KAFKA_DIR/data
@@ -251,6 +252,7 @@ start_kafka() {
   fi
   ensure_port_free kafka "$KAFKA_HOST" "$KAFKA_PORT"
   ensure_port_free kafka "$KAFKA_HOST" "$KAFKA_CONTROLLER_PORT"
+  ensure_port_free kafka "$KAFKA_HOST" "$KAFKA_PROXIED_PORT"
   mkdir -p "$KAFKA_DIR"
   write_kafka_config
   if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then

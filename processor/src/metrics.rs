@@ -15,8 +15,9 @@ pub const ORDER_OUTCOMES: [(&str, &str); 4] = [
     ("rejected", "unknown_sku"),
     ("rejected", "invalid_order"),
 ];
-/// Every `outcome` of `stockflow_transactions_total`.
-pub const TRANSACTION_OUTCOMES: [&str; 2] = ["committed", "aborted"];
+/// Every `outcome` of `stockflow_transactions_total`: `indefinite` is a commit whose outcome
+/// was unknown, after which every task started again from what the broker had.
+pub const TRANSACTION_OUTCOMES: [&str; 3] = ["committed", "aborted", "indefinite"];
 /// Every `table` of `stockflow_sync_rows_total`: the read model's tables.
 pub const SYNC_TABLES: [&str; 3] = ["inventory", "orders", "order_lines"];
 /// Every `kind` of `stockflow_rebalances_total`.

@@ -20,6 +20,7 @@ const OUTAGE: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_restarted_is_ridden_out() {
+    support::logs_on_failure();
     let world = World::new("broker-bounce").await;
     let synthetic = 40;
     world.seed(synthetic, 100_000).await;
@@ -97,15 +98,22 @@ async fn a_broker_killed_and_restarted_is_ridden_out() {
         "outcomes resumed {resumed:?} after the broker was back; aborted transactions: {}",
         metrics.transactions.with_label_values(&["aborted"]).get()
     );
-    // Measured here: 29 to 31 s after the broker answered again (it was down 53 to 67 s, most
-    // of it the broker's own recovery after SIGKILL). Issue 17 asks for 30 s; the bound leaves
-    // room for a loaded machine until that is met reliably.
+    // Measured here: 21 to 40 s after the broker's port opened (it was down 42 to 55 s), most
+    // of it the restarted broker loading its coordinators, which refuse requests for 15 to 40 s
+    // after the port opens. Issue 17 asks for 30 s; the bound leaves room for a loaded machine.
     assert!(
         resumed < Duration::from_secs(60),
         "outcomes resume within a minute of the broker's return: {resumed:?}"
     );
 
     let summary = generator.await.expect("the generator finished");
+    // An engine that stopped (its error is in the log above) fails here, not in a long wait
+    // for outcomes that cannot come.
+    assert_eq!(
+        health().await,
+        200,
+        "the processor is healthy after the bounce"
+    );
     let distinct = (summary.valid + summary.invalid) as usize;
     world
         .check_invariants(

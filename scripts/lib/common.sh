@@ -23,6 +23,10 @@ PG_BIN="/usr/lib/postgresql/15/bin"
 
 # The endpoints are a contract: the processor, generator and tests default to them.
 KAFKA_HOST=127.0.0.1 KAFKA_PORT=9092 KAFKA_CONTROLLER_PORT=9093
+# A second client listener that advertises the address of the test kit's fault proxy
+# (testkit/src/proxy.rs), which forwards to it: clients bootstrapped through the proxy stay
+# behind it. Nothing listens on the proxy's port unless a fault test runs.
+KAFKA_PROXIED_PORT=9094 FAULT_PROXY_PORT=9095
 REGISTRY_HOST=127.0.0.1 REGISTRY_PORT=8081
 PG_HOST=127.0.0.1 PG_PORT=5432
 PROMETHEUS_HOST=127.0.0.1 PROMETHEUS_PORT=9090

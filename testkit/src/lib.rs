@@ -15,6 +15,8 @@
 //! - [`child`]: the workspace's binaries as child processes, killed when dropped.
 //! - [`ports`]: free local ports.
 //! - [`prometheus`]: scraping and parsing `/metrics`, waiting for `/ready`.
+//! - [`proxy`]: a fault proxy in front of the local stack's broker, which cuts connections
+//!   or holds responses back for chosen Kafka requests (EndTxn, say).
 
 pub mod child;
 pub mod kafka;
@@ -22,6 +24,7 @@ pub mod names;
 pub mod ports;
 pub mod postgres;
 pub mod prometheus;
+pub mod proxy;
 pub mod stack;
 
 pub use kafka::{Isolation, Record, TopicReader, read_at_least, read_to_end};

@@ -63,6 +63,12 @@ impl Stack {
         }
     }
 
+    /// Whether the services are the local stack's (`scripts/stack.sh`), whose broker has the
+    /// listener the fault proxy forwards to (see [`crate::proxy`]).
+    pub fn is_local(&self) -> bool {
+        matches!(self.services, Services::LocalStack)
+    }
+
     /// Kills the Kafka broker with SIGKILL (for the broker bounce test; the same rule as
     /// [`Stack::stop_postgres`]) until [`BrokerOutage::end`] starts it again. Only the local
     /// stack can do it: `None` when the services are containers. If the test fails first, the

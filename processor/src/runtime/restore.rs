@@ -47,7 +47,7 @@ pub enum RestoreError {
     },
 }
 
-/// The restore consumer's context: the end-of-partition events it asks for are how a restore
+/// The restore consumers' context: the end-of-partition events it asks for are how a restore
 /// knows it is done, not errors, even when one is still queued as the consumer closes.
 struct RestoreContext;
 
@@ -150,10 +150,75 @@ fn stable_watermarks<C: ConsumerContext>(
     }
 }
 
-/// Replays `topic[partition]` from just after the store's offset to the current end, and
-/// reports how far it got to `progress` (and the metrics).
-pub fn restore(
-    config: &ClientConfig,
+/// The two clients restores use, made once for the tasks of an assignment: a read_committed
+/// consumer that replays changelogs (assigned by hand, one partition at a time) and a
+/// read_uncommitted one that only asks for high watermarks.
+pub struct Restorer {
+    committed: BaseConsumer<RestoreContext>,
+    uncommitted: BaseConsumer<RestoreContext>,
+}
+
+impl std::fmt::Debug for Restorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restorer").finish_non_exhaustive()
+    }
+}
+
+impl Restorer {
+    pub fn new(config: &ClientConfig) -> Result<Self, KafkaError> {
+        let committed = config
+            .clone()
+            // Partitions are assigned by hand: the group is never joined, nothing is committed.
+            .set("group.id", "stockflow-restore")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("fetch.max.bytes", "52428800")
+            // The tail ends in a partial fetch: answer it at once instead of after the default
+            // 500 ms, which each task would otherwise pay.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(RestoreContext)?;
+        let uncommitted = config
+            .clone()
+            .set("group.id", "stockflow-restore")
+            .set("isolation.level", "read_uncommitted")
+            .create_with_context(RestoreContext)?;
+        Ok(Self {
+            committed,
+            uncommitted,
+        })
+    }
+
+    /// Replays `topic[partition]` from just after the store's offset to the current end, and
+    /// reports how far it got to `progress` (and the metrics).
+    pub fn restore(
+        &self,
+        topic: &str,
+        partition: i32,
+        store: Store,
+        metrics: &Metrics,
+        progress: &RestoreProgress,
+    ) -> Result<(Store, Restored), RestoreError> {
+        let restored = restore(
+            &self.committed,
+            &self.uncommitted,
+            topic,
+            partition,
+            store,
+            metrics,
+            progress,
+        );
+        // Stop fetching the partition (the next restore assigns its own).
+        if let Err(error) = self.committed.unassign() {
+            tracing::debug!(%error, "cannot unassign the restore consumer");
+        }
+        restored
+    }
+}
+
+fn restore(
+    consumer: &BaseConsumer<RestoreContext>,
+    uncommitted: &BaseConsumer<RestoreContext>,
     topic: &str,
     partition: i32,
     store: Store,
@@ -165,27 +230,7 @@ pub fn restore(
         partition,
         source,
     };
-    let consumer: BaseConsumer<RestoreContext> = config
-        .clone()
-        // Partitions are assigned by hand: the group is never joined, nothing is committed.
-        .set("group.id", "stockflow-restore")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("fetch.max.bytes", "52428800")
-        // The tail ends in a partial fetch: answer it at once instead of after the default
-        // 500 ms, which each task would otherwise pay.
-        .set("fetch.wait.max.ms", "10")
-        .create_with_context(RestoreContext)
-        .map_err(kafka)?;
-    let uncommitted: BaseConsumer<RestoreContext> = config
-        .clone()
-        .set("group.id", "stockflow-restore")
-        .set("isolation.level", "read_uncommitted")
-        .create_with_context(RestoreContext)
-        .map_err(kafka)?;
-    let (low, high) = stable_watermarks(&consumer, &uncommitted, topic, partition)?;
-    drop(uncommitted);
+    let (low, high) = stable_watermarks(consumer, uncommitted, topic, partition)?;
     let mut store = store;
     let mut restored = Restored::default();
     let mut from = store.changelog_offset().map_or(0, |o| o + 1);

@@ -39,6 +39,19 @@ pub const SYNC_INTERVAL: &str = "200ms";
 /// The unit of the tests' deadlines.
 pub const MINUTE: Duration = Duration::from_secs(60);
 
+/// Sends the in-process processor's logs (warnings, and its own `info`; `RUST_LOG` overrides)
+/// to the test's captured output, which cargo prints only when the test fails: a fault test
+/// that fails in CI says what the engine went through.
+pub fn logs_on_failure() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,processor=info,rdkafka::client=off")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// The `processor` binary the tests start: `STOCKFLOW_PROCESSOR_BIN` if set, else cargo's.
 /// (Worktrees that share one target dir overwrite each other's `target/release/processor`; a
 /// copy of this worktree's binary, named by that variable, keeps a run on its own build.)

@@ -11,7 +11,7 @@ use rdkafka::TopicPartitionList;
 use super::{EngineConfig, EngineError};
 use crate::metrics::Metrics;
 use crate::runtime::queryable::Published;
-use crate::runtime::restore::restore;
+use crate::runtime::restore::Restorer;
 use crate::runtime::store::{Origin, Store};
 use crate::runtime::task::{TaskId, TaskState};
 use crate::runtime::topology::{Processor, Topology};
@@ -239,6 +239,7 @@ fn close(mut task: Task, metrics: &Metrics) {
 /// then its processor.
 pub(super) fn open(
     config: &EngineConfig,
+    restorer: &Restorer,
     id: TaskId,
     metrics: &Metrics,
 ) -> Result<Task, EngineError> {
@@ -254,14 +255,8 @@ pub(super) fn open(
             _ => config.state_dir.join(format!("{id}-{}", spec.name)),
         };
         let store = Store::open(&dir, &config.memory)?;
-        let (store, restored) = restore(
-            &config.client,
-            &spec.changelog,
-            id.partition,
-            store,
-            metrics,
-            &progress,
-        )?;
+        let (store, restored) =
+            restorer.restore(&spec.changelog, id.partition, store, metrics, &progress)?;
         if let Some(subscription) = &config.subscription {
             let origin = Origin {
                 task: id,

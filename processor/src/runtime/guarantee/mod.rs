@@ -22,24 +22,33 @@
 //!   a delivery failed, a timeout), the transaction is aborted, the pending writes are dropped,
 //!   and every partition is rewound to the first offset of the aborted transaction;
 //! - a fatal error (fenced, or a transaction left in an unknown state by a timeout) rebuilds
-//!   the producer once and rolls back; a second one before any commit stops the engine (below).
+//!   the producer and rolls back; three rebuilds in a row without a commit stop the engine
+//!   (below).
 //!
 //! **What each error class does** (exactly-once):
 //! - *Abortable* (a delivery failed or timed out, a commit refused because the group's
 //!   generation moved, a send refused because the transaction is in an abortable state): the
 //!   transaction is aborted, the stores drop their pending writes, the partitions are rewound
 //!   to the last commit, and processing goes on ([`GuaranteeError::Abortable`] for sends).
-//! - *Retriable timeouts* (the broker is down or restarting): a commit is retried three times;
-//!   an abort or `init_transactions` is retried for up to [`ABORT_PATIENCE`] (librdkafka's
-//!   "retry call to resume"), so a broker bounce is waited out instead of stopping the engine.
-//! - *Fatal or fenced* on commit or abort. The usual cause is a transaction left in an unknown
-//!   state by a timeout: the coordinator aborted it and bumped the epoch while the broker was
-//!   away, and librdkafka has no KIP-890. The producer is rebuilt with the same transactional
-//!   id ([`Transactor::recover`]), and the engine rolls back to the last commit. A producer
-//!   that fails fatally again before any transaction commits stops the engine: only another
-//!   process with the same transactional id could cause that. The state dir's lock keeps such
-//!   a process off this machine, so it would be a copied state dir elsewhere, and the two
-//!   must not fence each other forever.
+//! - *Retriable timeouts* (the broker is down or restarting): a commit is retried three times
+//!   (librdkafka's "retry call to resume"). An abort that does not finish within
+//!   [`ABORT_TIMEOUT`] has an indefinite outcome: the producer is rebuilt, and the new one's
+//!   `init_transactions` aborts whatever the transactional id left open (the coordinator never
+//!   commits a transaction it was not told to commit, so this is safe). `init_transactions` is
+//!   retried for up to [`INIT_PATIENCE`], so a broker bounce is waited out instead of stopping
+//!   the engine. (Retrying the abort itself took 14 to 23 s after the broker was back: the
+//!   abort of a transaction whose records timed out needs an epoch bump, which the restarted
+//!   coordinator refuses until its own timeout of the transaction has run.)
+//! - *Fatal or fenced* on begin, send, commit or abort. The usual cause is a transaction left
+//!   in an unknown state by a timeout: the coordinator aborted it and bumped the epoch while
+//!   the broker was away, and librdkafka has no KIP-890. The producer is rebuilt with the same
+//!   transactional id ([`Transactor::rebuild`]), and the engine rolls back to the last commit
+//!   (a send refused as fatal is an abortable failure: the abort finds the producer fatal and
+//!   rebuilds it; a `begin` refused so rebuilds before anything is sent). A producer rebuilt
+//!   [`MAX_REBUILDS`] times with no commit in between stops the engine: a broker fault costs
+//!   one rebuild, so that takes another process with the same transactional id. The state
+//!   dir's lock keeps such a process off this machine, so it would be a copied state dir
+//!   elsewhere, and the two must not fence each other forever.
 //! - *An assignment lost* (the session ended while the broker was down): nothing is
 //!   committed for it; the transaction is aborted and the tasks are closed (see the engine's
 //!   revoke callback).
@@ -72,9 +81,18 @@ pub use lifecycle::{Lifecycle, Positions, TxState};
 /// How long a transactional call may take before it counts as failed.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an abort keeps trying while the transaction coordinator cannot be reached (a
-/// broker restarting) before the engine gives up and stops.
-const ABORT_PATIENCE: Duration = Duration::from_secs(300);
+/// How long an abort may take before its outcome counts as indefinite and the producer is
+/// rebuilt (see the error classes above).
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a new producer's `init_transactions` keeps trying while the transaction
+/// coordinator cannot be reached (a broker restarting) before the engine gives up and stops,
+/// and how long each attempt waits ("retry call to resume": each attempt resumes the last).
+const INIT_PATIENCE: Duration = Duration::from_secs(300);
+const INIT_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// Rebuilds of one producer in a row, with no commit in between, that stop the engine.
+const MAX_REBUILDS: u32 = 3;
 
 /// How long a drain first sleeps when no delivery report has arrived; each further sleep is
 /// twice as long, up to [`DRAIN_PAUSE_MAX`]. (A fixed 100 µs woke the idle engine thread up to
@@ -210,6 +228,12 @@ pub enum Committed {
     /// Rolled back (the reason); the stores must drop their pending writes and the
     /// partitions must be rewound with [`Transactor::rewind`].
     Aborted(String),
+    /// The commit failed in a way that leaves its outcome unknown (the reason): retried
+    /// timeouts, or a fatal error. The producer was rebuilt, and its `init_transactions`
+    /// settled the transaction on the coordinator, committed or aborted. The engine must
+    /// call [`Transactor::abort`] (which only resets the state: the new producer has nothing
+    /// open), drop everything it holds, and start every task again from what the broker has.
+    Indefinite(String),
 }
 
 /// The producer side of the delivery guarantee: transactions, consumed positions, commits.
@@ -251,9 +275,9 @@ struct EngineProducer {
     transactional_id: String,
     /// A transaction was begun and has not ended (exactly-once).
     in_transaction: bool,
-    /// Rebuilt after a fatal error, and no transaction has committed since (a second fatal
-    /// error then stops the engine: see [`Transactor::recover`]).
-    rebuilt: bool,
+    /// How many times this producer was rebuilt since a transaction last committed (see
+    /// [`Transactor::rebuild`]).
+    rebuilds: u32,
 }
 
 /// The second transactional producer's id: the first one's with this suffix.
@@ -311,32 +335,39 @@ impl Transactor {
     }
 
     /// After a fatal error of the current producer (fenced, or a transaction in an unknown
-    /// state after a timeout: librdkafka has no KIP-890), rebuilds it: a new producer with the
-    /// same transactional id, whose `init_transactions` bumps the epoch and aborts whatever
-    /// the old one left open. The caller then rolls back to the last commit. Refused (the
-    /// error is returned) if this producer was already rebuilt and no transaction has
-    /// committed since: a second instance with the same id would otherwise be fought forever.
+    /// state after a timeout: librdkafka has no KIP-890), rebuilds it (see
+    /// [`Transactor::rebuild`]); any other error is returned.
     fn recover(&mut self, error: GuaranteeError) -> Result<(), GuaranteeError> {
         let fatal = match &error {
             GuaranteeError::Fenced { .. } => true,
             GuaranteeError::Kafka(KafkaError::Transaction(e)) => e.is_fatal(),
             _ => false,
         };
-        if !fatal
-            || self.guarantee != ProcessingGuarantee::ExactlyOnceV2
-            || self.producers[self.current].rebuilt
-        {
+        if !fatal || self.guarantee != ProcessingGuarantee::ExactlyOnceV2 {
             return Err(error);
         }
+        self.rebuild(error)
+    }
+
+    /// Replaces the current producer with a new one with the same transactional id, whose
+    /// `init_transactions` bumps the epoch and aborts whatever the old one left open. The
+    /// caller then rolls back to the last commit. Refused (`why` is returned) once the
+    /// producer was rebuilt [`MAX_REBUILDS`] times with no commit in between: a second
+    /// instance with the same id would otherwise be fought forever.
+    fn rebuild(&mut self, why: GuaranteeError) -> Result<(), GuaranteeError> {
+        let rebuilds = self.producers[self.current].rebuilds + 1;
+        if rebuilds > MAX_REBUILDS {
+            return Err(why);
+        }
         let transactional_id = self.transactional_id().to_owned();
-        tracing::warn!(%error, transactional_id, "rebuilding the transactional producer");
+        tracing::warn!(error = %why, transactional_id, rebuilds, "rebuilding the transactional producer");
         let mut producer = create(
             &self.config,
             self.guarantee,
             transactional_id,
             &self.changelogs,
         )?;
-        producer.rebuilt = true;
+        producer.rebuilds = rebuilds;
         self.producers[self.current] = producer;
         Ok(())
     }
@@ -356,12 +387,17 @@ impl Transactor {
     }
 
     /// Opens a transaction if none is open (exactly-once only). Not while a commit is in
-    /// progress: the engine holds its outputs until it has finished.
+    /// progress: the engine holds its outputs until it has finished. A producer found fatal
+    /// between transactions (the coordinator fenced it while it was idle) is rebuilt first:
+    /// nothing was sent in the new transaction yet.
     pub fn begin(&mut self) -> Result<(), GuaranteeError> {
         if self.life.begin() && self.guarantee == ProcessingGuarantee::ExactlyOnceV2 {
-            self.producer()
-                .begin_transaction()
-                .map_err(|e| classify(self.transactional_id(), e))?;
+            if let Err(error) = self.producer().begin_transaction() {
+                self.recover(classify(self.transactional_id(), error))?;
+                self.producer()
+                    .begin_transaction()
+                    .map_err(|e| classify(self.transactional_id(), e))?;
+            }
             self.producers[self.current].in_transaction = true;
         }
         Ok(())
@@ -377,10 +413,15 @@ impl Transactor {
                     self.producer().poll(Duration::from_millis(10));
                 }
                 // A transaction in an abortable error state takes no more records (librdkafka
-                // refuses them with `_STATE`); a fatal one is found out by the abort.
-                Err((error @ KafkaError::MessageProduction(RDKafkaErrorCode::State), _))
-                    if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 =>
-                {
+                // refuses them with `_STATE`), nor does a fatal producer (`_FATAL`: fenced by
+                // the coordinator, say after it timed the transaction out). Either way the
+                // transaction is rolled back; the abort finds a fatal producer and rebuilds it.
+                Err((
+                    error @ KafkaError::MessageProduction(
+                        RDKafkaErrorCode::State | RDKafkaErrorCode::Fatal,
+                    ),
+                    _,
+                )) if self.guarantee == ProcessingGuarantee::ExactlyOnceV2 => {
                     return Err(GuaranteeError::Abortable(error));
                 }
                 Err((error, _)) => return Err(classify(self.transactional_id(), error)),
@@ -503,7 +544,7 @@ impl Transactor {
             Ok(()) => {
                 let delivered = self.tracker().take();
                 for producer in &mut self.producers {
-                    producer.rebuilt = false;
+                    producer.rebuilds = 0;
                 }
                 self.producers[self.current].in_transaction = false;
                 self.ended();
@@ -511,15 +552,19 @@ impl Transactor {
                     changelog_offsets: delivered.changelog_offsets,
                 })
             }
-            Err(KafkaError::Transaction(e)) if !e.is_fatal() => {
+            // Known not to have committed: the transaction is to be aborted.
+            Err(KafkaError::Transaction(e)) if e.txn_requires_abort() && !e.is_fatal() => {
                 Ok(Committed::Aborted(e.to_string()))
             }
+            // Timed out again and again, fenced, or fatal: the coordinator may have committed
+            // (EndTxn reached it and its answer was lost) or not. Without KIP-890 the old
+            // producer cannot be trusted with the next transaction (Jepsen's advice for such
+            // clients); a new one settles this one, and the engine learns the outcome from the
+            // broker (the group's committed offsets, the changelogs).
             Err(e) => {
-                // Fenced, or in an unknown state: a new producer, and the caller rolls back
-                // (the new one has no transaction to abort).
                 let reason = e.to_string();
-                self.recover(classify(self.transactional_id(), e))?;
-                Ok(Committed::Aborted(reason))
+                self.rebuild(classify(self.transactional_id(), e))?;
+                Ok(Committed::Indefinite(reason))
             }
         }
     }
@@ -567,36 +612,20 @@ impl Transactor {
             if let Err(error) = self.drain() {
                 tracing::warn!(%error, "not every delivery report arrived before the abort");
             }
-            if let Err(error) = self.abort_transaction() {
-                self.recover(error)?;
+            match self.producer().abort_transaction(ABORT_TIMEOUT) {
+                Ok(()) => {}
+                // Indefinite: the coordinator did not answer in time (a broker down or
+                // restarting). A new producer's init_transactions finishes the abort.
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    self.rebuild(GuaranteeError::Kafka(KafkaError::Transaction(e)))?;
+                }
+                Err(e) => self.recover(classify(self.transactional_id(), e))?,
             }
             self.producers[self.current].in_transaction = false;
         }
         self.tracker().take();
         self.ended();
         Ok(rewind)
-    }
-
-    /// Aborts the open transaction. A timeout is retriable ("retry call to resume": the broker
-    /// is down or restarting), and the abort is tried again, for up to [`ABORT_PATIENCE`], so
-    /// that a broker bounce is ridden out rather than stopping the engine.
-    fn abort_transaction(&self) -> Result<(), GuaranteeError> {
-        let started = Instant::now();
-        loop {
-            match self.producer().abort_transaction(TXN_TIMEOUT) {
-                Ok(()) => return Ok(()),
-                Err(KafkaError::Transaction(e))
-                    if e.is_retriable() && started.elapsed() < ABORT_PATIENCE =>
-                {
-                    tracing::warn!(
-                        error = %e,
-                        waited = ?started.elapsed(),
-                        "cannot abort the transaction yet (is the broker down?): trying again"
-                    );
-                }
-                Err(e) => return Err(classify(self.transactional_id(), e)),
-            }
-        }
     }
 
     /// Seeks each partition back to the offset [`Transactor::abort`] returned for it.
@@ -620,7 +649,7 @@ impl Transactor {
 }
 
 /// Creates one engine producer; with exactly-once, initialises its transactions (fencing any
-/// earlier producer with the same id), waiting up to [`ABORT_PATIENCE`] for a coordinator that
+/// earlier producer with the same id), waiting up to [`INIT_PATIENCE`] for a coordinator that
 /// cannot be reached.
 fn create(
     config: &ClientConfig,
@@ -641,12 +670,16 @@ fn create(
     if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
         let started = Instant::now();
         loop {
-            match producer.init_transactions(TXN_TIMEOUT) {
+            match producer.init_transactions(INIT_ATTEMPT) {
                 Ok(()) => break,
                 Err(KafkaError::Transaction(e))
-                    if e.is_retriable() && started.elapsed() < ABORT_PATIENCE =>
+                    if e.is_retriable() && started.elapsed() < INIT_PATIENCE =>
                 {
-                    tracing::warn!(error = %e, "cannot initialise transactions yet: trying again");
+                    tracing::warn!(
+                        error = %e,
+                        waited = ?started.elapsed(),
+                        "cannot initialise transactions yet (is the broker down?): trying again"
+                    );
                 }
                 Err(e) => return Err(classify(&transactional_id, e)),
             }
@@ -656,7 +689,7 @@ fn create(
         producer,
         transactional_id,
         in_transaction: false,
-        rebuilt: false,
+        rebuilds: 0,
     })
 }
 
