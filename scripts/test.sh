@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: installs the build dependencies, starts the local stack (Kafka, schema
+# The test command: installs the build dependencies and Helm, starts the local stack (Kafka, schema
 # registry, PostgreSQL, Prometheus on 127.0.0.1), then runs every test of the workspace
 # against it. Pass extra cargo test arguments after the script, e.g. `scripts/test.sh -p schemas`.
 set -euo pipefail
@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/stockflow/target}"
 scripts/build-deps.sh
+# The pinned Helm that processor/tests/helm.rs lints and renders the chart with.
+scripts/install-helm.sh
 scripts/stack.sh start
 eval "$(scripts/stack.sh env)"
 

@@ -4,9 +4,10 @@
 //!
 //! Each test catches something that would otherwise surface only at `docker compose up`, or as an
 //! empty Grafana panel: a dependency on a service that does not exist, a bind mount of a file that
-//! moved, a volume nobody declared, two services on one host port, a scrape target that no longer
-//! matches the processor, a panel pointing at a datasource that is not provisioned, or a query using a
-//! metric the processor does not export.
+//! moved, a volume nobody declared, two services on one host port, a processor that cannot run as
+//! several replicas (`--scale processor=3`) or whose replicas are not all scraped, a scrape target
+//! that no longer matches the processor, a panel pointing at a datasource that is not provisioned,
+//! or a query using a metric the processor does not export.
 //!
 //! One file of about a thousand lines on purpose: the tests are one checklist over the same
 //! parsed deployment files, which they share.
@@ -114,7 +115,7 @@ fn named_volumes_are_declared_and_used() {
     let mut used = BTreeSet::new();
     for (name, service) in &compose.services {
         for mount in mounts(service) {
-            if let Mount::Volume { volume } = mount {
+            if let Mount::Volume { volume, .. } = mount {
                 assert!(
                     declared.contains(&volume),
                     "service {name} mounts the named volume {volume:?}, which is not declared under \
@@ -281,6 +282,69 @@ fn third_party_images_are_pinned() {
     }
 }
 
+/// `docker compose up --scale processor=3` must give three working replicas: nothing in the
+/// service may be one per host (a container name, a hostname, a published host port), and each
+/// replica needs a state dir of its own (an instance locks its state dir).
+#[test]
+fn the_processor_can_scale_out() {
+    let compose = Compose::load();
+    let processor = compose.service("processor");
+    for key in ["container_name", "hostname"] {
+        assert!(
+            processor.get(key).is_none(),
+            "the processor service sets `{key}`, which every replica would share: \
+             `docker compose up --scale processor=3` fails"
+        );
+    }
+    let published = host_ports(processor);
+    assert!(
+        published.is_empty(),
+        "the processor service publishes host ports {published:?}; a second replica could not \
+         bind them. Use `expose` (Prometheus finds the replicas by DNS)"
+    );
+
+    let state_dir = environment(processor)
+        .remove("STOCKFLOW_STATE_DIR")
+        .expect("the processor service does not set STOCKFLOW_STATE_DIR");
+    let state_mount = mounts(processor)
+        .into_iter()
+        .find(|mount| mount.target() == state_dir)
+        .unwrap_or_else(|| {
+            panic!(
+                "no volume is mounted at the processor's state dir {state_dir}: its stores would \
+                 live in the container's writable layer"
+            )
+        });
+    assert!(
+        matches!(state_mount, Mount::Anonymous { .. }),
+        "the processor's state dir {state_dir} is a bind mount or a named volume, which every \
+         replica would share (the second one finds it locked); mount an anonymous volume there \
+         (`- {state_dir}`), which compose makes per replica"
+    );
+}
+
+/// Compose sends SIGTERM, waits `stop_grace_period`, then kills. The processor must give up
+/// draining before that, so that it exits on its own (with its code) rather than by SIGKILL.
+#[test]
+fn the_processor_drains_within_the_stop_grace_period() {
+    let compose = Compose::load();
+    let processor = compose.service("processor");
+    let grace = processor
+        .get("stop_grace_period")
+        .map(scalar)
+        .unwrap_or_else(|| "10s".to_owned());
+    let grace = parse_duration(&grace, "stop_grace_period");
+    let shutdown = environment(processor)
+        .remove("STOCKFLOW_SHUTDOWN_TIMEOUT")
+        .unwrap_or_else(|| "60s".to_owned());
+    let shutdown = parse_duration(&shutdown, "STOCKFLOW_SHUTDOWN_TIMEOUT");
+    assert!(
+        shutdown < grace,
+        "the processor's STOCKFLOW_SHUTDOWN_TIMEOUT ({shutdown:?}, 60s unless set) is not below \
+         its stop_grace_period ({grace:?}): Docker would kill it while it still drains"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prometheus
 // ---------------------------------------------------------------------------------------------
@@ -340,6 +404,56 @@ fn prometheus_scrapes_the_processor_on_its_metrics_port() {
     panic!(
         "{PROMETHEUS_CONFIG} does not scrape processor:{metrics_port} (the processor service's name and \
          STOCKFLOW_METRICS_ADDR port); it scrapes {scraped:?}"
+    );
+}
+
+/// A static target `processor:9400` would reach one replica (whichever address Docker's DNS
+/// answers first); DNS service discovery of type A lists one target per replica, so a scaled
+/// service is scraped whole.
+#[test]
+fn prometheus_finds_every_processor_replica_by_dns() {
+    let config = load_yaml(&repo_root().join(PROMETHEUS_CONFIG));
+    let mut found = false;
+    for job in sequence(config.get("scrape_configs")) {
+        let job_name = job
+            .get("job_name")
+            .and_then(Yaml::as_str)
+            .unwrap_or("<unnamed>");
+        for static_config in sequence(job.get("static_configs")) {
+            for target in sequence(static_config.get("targets")) {
+                let target = scalar(&target);
+                assert!(
+                    !target.starts_with("processor:"),
+                    "job {job_name} scrapes the static target {target}, which reaches one processor \
+                     replica only; use dns_sd_configs with type A"
+                );
+            }
+        }
+        for dns in sequence(job.get("dns_sd_configs")) {
+            let names = sequence(dns.get("names"));
+            if !names.iter().any(|name| scalar(name) == "processor") {
+                continue;
+            }
+            // Prometheus' default type is SRV, which Docker's DNS does not answer.
+            let kind = dns
+                .get("type")
+                .map(scalar)
+                .unwrap_or_else(|| "SRV".to_owned());
+            assert_eq!(
+                kind, "A",
+                "job {job_name} looks the processor up with DNS type {kind}; Docker's DNS answers \
+                 A records, one per replica"
+            );
+            assert!(
+                dns.get("port").is_some(),
+                "job {job_name}: an A lookup needs `port` (the processor's metrics port)"
+            );
+            found = true;
+        }
+    }
+    assert!(
+        found,
+        "{PROMETHEUS_CONFIG} has no dns_sd_configs entry naming the processor service"
     );
 }
 
@@ -658,6 +772,13 @@ fn scalar(value: &Yaml) -> String {
     }
 }
 
+/// A compose duration (Go's syntax, `30s`, `1m30s`) or a processor one (humantime's); the two
+/// agree on the plain forms used here.
+fn parse_duration(text: &str, what: &str) -> std::time::Duration {
+    humantime::parse_duration(text)
+        .unwrap_or_else(|error| panic!("{what} = {text:?} is not a duration: {error}"))
+}
+
 fn sequence(value: Option<&Yaml>) -> Vec<Yaml> {
     value
         .and_then(Yaml::as_sequence)
@@ -717,9 +838,31 @@ fn environment(service: &Yaml) -> BTreeMap<String, String> {
 
 /// One entry of a service's `volumes`.
 enum Mount {
-    Bind { source: String, target: String },
-    Volume { volume: String },
+    Bind {
+        source: String,
+        target: String,
+    },
+    Volume {
+        volume: String,
+        target: String,
+    },
+    /// A volume without a name (`- /path`): compose makes one per container.
+    Anonymous {
+        target: String,
+    },
     Other,
+}
+
+impl Mount {
+    /// Where the mount appears in the container ("" for entries this file does not read).
+    fn target(&self) -> &str {
+        match self {
+            Mount::Bind { target, .. }
+            | Mount::Volume { target, .. }
+            | Mount::Anonymous { target } => target.trim_end_matches('/'),
+            Mount::Other => "",
+        }
+    }
 }
 
 /// A service's `volumes`, short (`source:target[:mode]`) or long syntax.
@@ -731,12 +874,15 @@ fn mounts(service: &Yaml) -> Vec<Mount> {
                 let mut parts = short.splitn(3, ':');
                 let first = parts.next().unwrap_or_default().to_owned();
                 match parts.next() {
-                    None => Mount::Other,
+                    None => Mount::Anonymous { target: first },
                     Some(target) if is_host_path(&first) => Mount::Bind {
                         source: first,
                         target: target.to_owned(),
                     },
-                    Some(_) => Mount::Volume { volume: first },
+                    Some(target) => Mount::Volume {
+                        volume: first,
+                        target: target.to_owned(),
+                    },
                 }
             }
             long => {
@@ -746,8 +892,12 @@ fn mounts(service: &Yaml) -> Vec<Mount> {
                         source: field("source"),
                         target: field("target"),
                     },
-                    "volume" if !field("source").is_empty() => Mount::Volume {
+                    "volume" if field("source").is_empty() => Mount::Anonymous {
+                        target: field("target"),
+                    },
+                    "volume" => Mount::Volume {
                         volume: field("source"),
+                        target: field("target"),
                     },
                     _ => Mount::Other,
                 }
