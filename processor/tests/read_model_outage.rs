@@ -6,10 +6,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{World, initial_stock};
+use support::World;
 use testkit::stack;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -72,12 +71,7 @@ async fn a_postgres_outage_never_pauses_processing_and_the_read_model_catches_up
     stack().await.start_postgres().await;
     eprintln!("PostgreSQL was down for {:?}", stopped.elapsed());
 
-    let summary = generator.await.expect("the generator finished");
-    let distinct = (summary.valid + summary.invalid) as usize;
-    let initial = initial_stock(synthetic, 400);
-    let outcomes = world
-        .check_invariants(distinct, &initial, &HashMap::new())
-        .await;
+    let outcomes = world.check_generated(generator, synthetic, 400).await;
     world.check_read_model(&outcomes, 2 * MINUTE).await;
     let started = Instant::now();
     while metrics.sync_lag_rows.get() > 0 {

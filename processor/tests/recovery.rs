@@ -72,11 +72,7 @@ async fn sigkill_and_restart_lose_nothing_and_restore_only_the_tail() {
             "a restart restores only the changelog tail: {restored} of {before_restart}"
         );
     }
-    let summary = generator.await.expect("the generator finished");
-    let distinct = (summary.valid + summary.invalid) as usize;
-    let outcomes = world
-        .check_invariants(distinct, &initial_stock(synthetic, 400), &HashMap::new())
-        .await;
+    let outcomes = world.check_generated(generator, synthetic, 400).await;
     // The read model is complete after the kills: the restarted tasks re-synced what the
     // killed process had not.
     world.check_read_model(&outcomes, MINUTE).await;

@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::{MINUTE, World, initial_stock};
+use support::{MINUTE, World};
 
 /// The session timeout of both instances: the librdkafka default, long enough that the
 /// group would wait it out after a crash if the restarted instance were a new member.
@@ -99,15 +98,7 @@ async fn an_instance_restarted_at_once_takes_its_partitions_back_without_a_rebal
         "outcomes flow within seconds of the restart, not after the session timeout: {deciding_after:?}"
     );
 
-    let summary = generator.await.expect("the generator finished");
-    let distinct = (summary.valid + summary.invalid) as usize;
-    world
-        .check_invariants(
-            distinct,
-            &initial_stock(synthetic, 100_000),
-            &HashMap::new(),
-        )
-        .await;
+    world.check_generated(generator, synthetic, 100_000).await;
     a.kill();
     b.kill();
 }

@@ -16,11 +16,10 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use processor::app::Running;
-use support::{MINUTE, World, initial_stock};
+use support::{MINUTE, World};
 use testkit::proxy::{END_TXN, Fault, FaultProxy, PROXIED_LISTENER, PROXY_ADDRESS};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -146,15 +145,7 @@ async fn through_fault(name: &str, fault: Fault, lasting: Duration) -> Option<Re
     eprintln!("{name}: {report:?}");
     assert!(report.hits > 0, "the fault acted: {report:?}");
 
-    let summary = generator.await.expect("the generator finished");
-    let distinct = (summary.valid + summary.invalid) as usize;
-    world
-        .check_invariants(
-            distinct,
-            &initial_stock(synthetic, 100_000),
-            &HashMap::new(),
-        )
-        .await;
+    world.check_generated(generator, synthetic, 100_000).await;
     token.cancel();
     running.wait().await.expect("stops cleanly");
     Some(report)

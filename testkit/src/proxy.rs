@@ -101,7 +101,9 @@ impl Drop for FaultProxy {
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+/// The proxy's state is a few plain values, each updated in one step: a panic while a lock
+/// was held leaves nothing half-written.
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -171,10 +173,7 @@ async fn requests(
                 return Ok(());
             }
         }
-        pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(correlation, api);
+        lock(&pending).insert(correlation, api);
         to.write_all(&frame).await?;
     }
     Ok(())
@@ -188,12 +187,7 @@ async fn responses(
     shared: &Mutex<Shared>,
 ) -> io::Result<()> {
     while let Some(frame) = read_frame(&mut from).await? {
-        let api = i32_at(&frame, 4).and_then(|correlation| {
-            pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&correlation)
-        });
+        let api = i32_at(&frame, 4).and_then(|correlation| lock(&pending).remove(&correlation));
         let delay = {
             let mut shared = lock(shared);
             match (shared.fault, api) {

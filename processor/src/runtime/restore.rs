@@ -190,7 +190,8 @@ impl Restorer {
     }
 
     /// Replays `topic[partition]` from just after the store's offset to the current end, and
-    /// reports how far it got to `progress` (and the metrics).
+    /// reports how far it got to `progress` (and the metrics). The consumer goes on fetching
+    /// the partition until the next restore assigns its own, or the restorer is dropped.
     pub fn restore(
         &self,
         topic: &str,
@@ -199,120 +200,100 @@ impl Restorer {
         metrics: &Metrics,
         progress: &RestoreProgress,
     ) -> Result<(Store, Restored), RestoreError> {
-        let restored = restore(
-            &self.committed,
-            &self.uncommitted,
-            topic,
+        let (consumer, uncommitted) = (&self.committed, &self.uncommitted);
+        let kafka = |source| RestoreError::Kafka {
+            topic: topic.to_owned(),
             partition,
-            store,
-            metrics,
-            progress,
-        );
-        // Stop fetching the partition (the next restore assigns its own).
-        if let Err(error) = self.committed.unassign() {
-            tracing::debug!(%error, "cannot unassign the restore consumer");
+            source,
+        };
+        let (low, high) = stable_watermarks(consumer, uncommitted, topic, partition)?;
+        let mut store = store;
+        let mut restored = Restored::default();
+        let mut from = store.changelog_offset().map_or(0, |o| o + 1);
+        if from > high {
+            // The changelog was truncated or recreated (a reset): local state is stale.
+            store = store.wipe()?;
+            restored.wiped = true;
+            from = 0;
         }
-        restored
-    }
-}
+        let from = from.max(low);
+        if from >= high {
+            return Ok((store, restored));
+        }
+        metrics.restore_remaining.add(high - from);
+        progress.expect((high - from) as u64);
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(from))
+            .map_err(kafka)?;
+        consumer.assign(&assignment).map_err(kafka)?;
 
-fn restore(
-    consumer: &BaseConsumer<RestoreContext>,
-    uncommitted: &BaseConsumer<RestoreContext>,
-    topic: &str,
-    partition: i32,
-    store: Store,
-    metrics: &Metrics,
-    progress: &RestoreProgress,
-) -> Result<(Store, Restored), RestoreError> {
-    let kafka = |source| RestoreError::Kafka {
-        topic: topic.to_owned(),
-        partition,
-        source,
-    };
-    let (low, high) = stable_watermarks(consumer, uncommitted, topic, partition)?;
-    let mut store = store;
-    let mut restored = Restored::default();
-    let mut from = store.changelog_offset().map_or(0, |o| o + 1);
-    if from > high {
-        // The changelog was truncated or recreated (a reset): local state is stale.
-        store = store.wipe()?;
-        restored.wiped = true;
-        from = 0;
-    }
-    let from = from.max(low);
-    if from >= high {
-        return Ok((store, restored));
-    }
-    metrics.restore_remaining.add(high - from);
-    progress.expect((high - from) as u64);
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(kafka)?;
-    consumer.assign(&assignment).map_err(kafka)?;
-
-    let mut batch = WriteBatch::default();
-    let mut last: Option<i64> = None;
-    let mut position = from;
-    let mut progressed = Instant::now();
-    while position < high {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                let key = message.key().unwrap_or_default();
-                match message.payload() {
-                    Some(value) => batch.put(key, value),
-                    None => batch.delete(key),
-                }
-                last = Some(message.offset());
-                position = message.offset() + 1;
-                restored.records += 1;
-                progressed = Instant::now();
-                if batch.len() >= BATCH {
-                    store.apply(std::mem::take(&mut batch), last)?;
-                    metrics.restored_records.inc_by(BATCH as u64);
-                    metrics.restore_remaining.sub(BATCH as i64);
-                    progress.advance(BATCH as u64);
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                // Control records (transaction markers) are never delivered: ask where we are.
-                if let Ok(positions) = consumer.position()
-                    && let Some(Offset::Offset(p)) = positions
-                        .find_partition(topic, partition)
-                        .map(|e| e.offset())
-                    && p > position
-                {
-                    position = p;
+        let mut batch = WriteBatch::default();
+        let mut last: Option<i64> = None;
+        let mut position = from;
+        let mut progressed = Instant::now();
+        while position < high {
+            match consumer.poll(Duration::from_millis(200)) {
+                // A record fetched for the restore before (this client serves every task of
+                // an assignment) is not this one's.
+                Some(Ok(message))
+                    if message.partition() != partition || message.topic() != topic => {}
+                Some(Ok(message)) => {
+                    let key = message.key().unwrap_or_default();
+                    match message.payload() {
+                        Some(value) => batch.put(key, value),
+                        None => batch.delete(key),
+                    }
+                    last = Some(message.offset());
+                    position = message.offset() + 1;
+                    restored.records += 1;
                     progressed = Instant::now();
+                    if batch.len() >= BATCH {
+                        store.apply(std::mem::take(&mut batch), last)?;
+                        metrics.restored_records.inc_by(BATCH as u64);
+                        metrics.restore_remaining.sub(BATCH as i64);
+                        progress.advance(BATCH as u64);
+                    }
                 }
-                if progressed.elapsed() > STALL_LIMIT {
-                    return Err(RestoreError::Stalled {
-                        topic: topic.to_owned(),
-                        partition,
-                        at: position,
-                        end: high,
-                    });
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    // Control records (transaction markers) are never delivered: ask where we are.
+                    if let Ok(positions) = consumer.position()
+                        && let Some(Offset::Offset(p)) = positions
+                            .find_partition(topic, partition)
+                            .map(|e| e.offset())
+                        && p > position
+                    {
+                        position = p;
+                        progressed = Instant::now();
+                    }
+                    if progressed.elapsed() > STALL_LIMIT {
+                        return Err(RestoreError::Stalled {
+                            topic: topic.to_owned(),
+                            partition,
+                            at: position,
+                            end: high,
+                        });
+                    }
                 }
-            }
-            Some(Err(error)) => {
-                // Transient (a broker reconnecting); a restore that stops progressing fails below.
-                tracing::warn!(topic, partition, %error, "restore consumer error");
-                if progressed.elapsed() > STALL_LIMIT {
-                    return Err(kafka(error));
+                Some(Err(error)) => {
+                    // Transient (a broker reconnecting); a restore that stops progressing fails below.
+                    tracing::warn!(topic, partition, %error, "restore consumer error");
+                    if progressed.elapsed() > STALL_LIMIT {
+                        return Err(kafka(error));
+                    }
                 }
             }
         }
+        let rest = batch.len();
+        if rest > 0 {
+            store.apply(batch, last)?;
+        }
+        metrics.restored_records.inc_by(rest as u64);
+        metrics.restore_remaining.sub(rest as i64);
+        // Records skipped as aborted still counted as remaining: settle the gauge.
+        let skipped = (high - from) - restored.records as i64;
+        metrics.restore_remaining.sub(skipped.max(0));
+        progress.advance(rest as u64 + skipped.max(0) as u64);
+        Ok((store, restored))
     }
-    let rest = batch.len();
-    if rest > 0 {
-        store.apply(batch, last)?;
-    }
-    metrics.restored_records.inc_by(rest as u64);
-    metrics.restore_remaining.sub(rest as i64);
-    // Records skipped as aborted still counted as remaining: settle the gauge.
-    let skipped = (high - from) - restored.records as i64;
-    metrics.restore_remaining.sub(skipped.max(0));
-    progress.advance(rest as u64 + skipped.max(0) as u64);
-    Ok((store, restored))
 }

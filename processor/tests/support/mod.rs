@@ -491,6 +491,21 @@ impl World {
 }
 
 impl World {
+    /// Waits for a generator from [`World::spawn_generator`] to finish, then checks
+    /// [`World::check_invariants`] over the orders it sent, against `synthetic` skus seeded
+    /// with `stock` each (see [`World::seed`]) and no adjustments.
+    pub async fn check_generated(
+        &self,
+        generator: tokio::task::JoinHandle<generator::app::RunSummary>,
+        synthetic: u32,
+        stock: i64,
+    ) -> Outcomes {
+        let summary = generator.await.expect("the generator finished");
+        let distinct = (summary.valid + summary.invalid) as usize;
+        self.check_invariants(distinct, &initial_stock(synthetic, stock), &HashMap::new())
+            .await
+    }
+
     /// The invariants of a run of `orders` distinct orders: every order has exactly one outcome
     /// under read_committed (read_uncommitted may see aborted extras); no stock ever went
     /// negative; and for every sku, initial + adjustments - confirmed quantities = final stock
