@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::Value as Yaml;
 
+#[path = "support/files.rs"]
+mod files;
+use files::{load_yaml, read, repo_root};
+
 /// Every service the deployment promises (README, DESIGN.md).
 const REQUIRED_SERVICES: &[&str] = &[
     "kafka",
@@ -673,26 +677,9 @@ fn documented_metrics_are_the_contract_names_and_their_histogram_series() {
 // helpers: files
 // ---------------------------------------------------------------------------------------------
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the processor crate lives one level below the repository root")
-        .to_path_buf()
-}
-
 fn canonical(path: &Path) -> PathBuf {
     fs::canonicalize(path)
         .unwrap_or_else(|error| panic!("cannot resolve {}: {error}", path.display()))
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
-}
-
-fn load_yaml(path: &Path) -> Yaml {
-    serde_yaml::from_str(&read(path))
-        .unwrap_or_else(|error| panic!("{} is not valid YAML: {error}", path.display()))
 }
 
 /// The files of `dir` whose names end with one of `extensions`, sorted.

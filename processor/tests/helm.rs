@@ -14,13 +14,16 @@
 //! say so: a chart that is never rendered is not checked.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_yaml::Value as Yaml;
+
+#[path = "support/files.rs"]
+mod files;
+use files::{load_yaml, read, repo_root};
 
 const CHART: &str = "deploy/helm/stockflow";
 const RELEASE: &str = "stockflow";
@@ -504,23 +507,6 @@ fn helm_binary() -> PathBuf {
         helm.display()
     );
     helm
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the processor crate lives one level below the repository root")
-        .to_path_buf()
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
-}
-
-fn load_yaml(path: &Path) -> Yaml {
-    serde_yaml::from_str(&read(path))
-        .unwrap_or_else(|error| panic!("{} is not valid YAML: {error}", path.display()))
 }
 
 /// A YAML scalar as text (`9400`, `true` and `"x"` alike); empty for anything else.
