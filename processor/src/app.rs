@@ -8,10 +8,10 @@
 //! Beside `/metrics`, `/health` and `/ready`, the server answers `GET /status` with what each
 //! engine thread is doing (for `processor status`, which finds the server through the engines'
 //! client ids), and serves the HTTP API ([`crate::api`]: stock, orders, the OpenAPI document).
+//! A watch on the state directory ([`crate::state_dir`]) stops it when the directory goes away
+//! or cannot be written.
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -35,6 +35,7 @@ use crate::runtime::live::EngineStatus;
 use crate::runtime::queryable::LiveStores;
 use crate::runtime::store::SharedMemory;
 use crate::runtime::topics;
+use crate::state_dir::{self, StateDir};
 use crate::status::{InstanceStatus, SyncStatus, client_id};
 use crate::topology;
 
@@ -51,6 +52,8 @@ pub struct Running {
     statuses: Vec<EngineStatus>,
     sync: JoinHandle<()>,
     server: JoinHandle<anyhow::Result<()>>,
+    /// The state directory's watch (`state_dir::watch`).
+    watch: JoinHandle<anyhow::Result<()>>,
     shutdown: CancellationToken,
     /// How long the engines get to stop once `shutdown` is cancelled.
     shutdown_timeout: Duration,
@@ -99,7 +102,13 @@ impl Running {
             .await
             .context("the metrics server panicked")
             .and_then(|served| served);
-        result.and(synced).and(served)
+        // A failed state dir is the cause of whatever the engines then ran into: it goes first.
+        let watched = self
+            .watch
+            .await
+            .context("the state dir's watch panicked")
+            .and_then(|watched| watched);
+        watched.and(result).and(synced).and(served)
     }
 }
 
@@ -136,11 +145,10 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {} for metrics", args.metrics_addr))?;
-    let state_dir = args.app.state_dir.join(&args.app.application_id);
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-    let lock = Arc::new(lock_state_dir(&state_dir)?);
-    let instance_id = instance_id(&state_dir)?;
+    let state_dir = Arc::new(StateDir::open(
+        &args.app.state_dir.join(&args.app.application_id),
+    )?);
+    let instance_id = state_dir.instance_id()?;
 
     // Then what is missing is created: topics, subjects, the read model's schema and tables.
     let codec = Arc::new(Codec::new(&connection.schema_registry_url, &topics)?);
@@ -184,6 +192,7 @@ pub async fn start(
         metrics: metrics.clone(),
         ready: ready.clone(),
         stall_timeout: args.stall_timeout,
+        state_dir: state_dir.clone(),
     };
     let queryable = LiveStores::default();
     let api = Arc::new(Api {
@@ -226,7 +235,7 @@ pub async fn start(
         application_id: args.app.application_id.clone(),
         guarantee: args.processing_guarantee,
         commit_interval: args.commit_interval(),
-        state_dir,
+        state_dir: state_dir.path().to_owned(),
         client,
         instance_id: instance_id.clone(),
         group_instance_id: None,
@@ -254,18 +263,19 @@ pub async fn start(
         config.status = statuses[thread].clone();
         config.client_id = Some(config.status.snapshot().client_id);
         let (done, engine) = tokio::sync::oneshot::channel();
-        let (metrics, ready, shutdown, lock, status) = (
+        let (metrics, ready, shutdown, state_dir, status) = (
             metrics.clone(),
             ready.clone(),
             shutdown.clone(),
-            lock.clone(),
+            state_dir.clone(),
             statuses[thread].clone(),
         );
         let name = format!("engine-{thread}");
         std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                let _lock = lock;
+                // The directory stays locked until the last engine has closed its stores.
+                let _state_dir = state_dir;
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     run_engine(config, metrics, ready.clone(), shutdown.clone())
                 }));
@@ -288,6 +298,11 @@ pub async fn start(
         engines.push(engine);
     }
     drop(subscription); // the sync ends once every engine's store writer has dropped its own
+    let watch = tokio::spawn(state_dir::watch(
+        state_dir,
+        state_dir::CHECK_EVERY,
+        shutdown.clone(),
+    ));
     Ok(Running {
         metrics_addr,
         metrics,
@@ -296,6 +311,7 @@ pub async fn start(
         statuses,
         sync,
         server,
+        watch,
         shutdown,
         shutdown_timeout: args.shutdown_timeout,
     })
@@ -311,38 +327,6 @@ impl Readiness {
     }
 }
 
-/// One process per state directory: a second one would corrupt the stores.
-pub(crate) fn lock_state_dir(dir: &Path) -> anyhow::Result<File> {
-    let path = dir.join(".lock");
-    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-    file.try_lock().map_err(|_| {
-        anyhow::anyhow!(
-            "state dir {} is in use by another processor; give each instance its own --state-dir",
-            dir.display()
-        )
-    })?;
-    Ok(file)
-}
-
-/// The instance id stored in the state dir (made on first start), so a restarted instance
-/// keeps its transactional id and fences its predecessor.
-fn instance_id(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join("instance.id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim();
-        if !id.is_empty() {
-            return Ok(id.to_owned());
-        }
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let id = format!("{:x}", nanos ^ (u128::from(std::process::id()) << 64));
-    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(id)
-}
-
 /// What `GET /status` is made of.
 #[derive(Debug, Clone)]
 struct StatusAnswer {
@@ -353,6 +337,7 @@ struct StatusAnswer {
     ready: Readiness,
     /// How long an engine thread may go without progress before /health fails.
     stall_timeout: Duration,
+    state_dir: Arc<StateDir>,
 }
 
 impl StatusAnswer {
@@ -360,9 +345,15 @@ impl StatusAnswer {
     fn health(&self) -> Result<(), String> {
         let now = schemas::now_millis();
         let failures: Vec<String> = self
-            .threads
-            .iter()
-            .filter_map(|t| t.health(now, self.stall_timeout).err())
+            .state_dir
+            .failure()
+            .map(str::to_owned)
+            .into_iter()
+            .chain(
+                self.threads
+                    .iter()
+                    .filter_map(|t| t.health(now, self.stall_timeout).err()),
+            )
             .collect();
         if failures.is_empty() {
             Ok(())
@@ -479,6 +470,7 @@ mod tests {
             statuses,
             sync: tokio::spawn(async {}),
             server: tokio::spawn(async { Ok(()) }),
+            watch: tokio::spawn(async { Ok(()) }),
             shutdown,
             shutdown_timeout: Duration::from_millis(200),
         }

@@ -16,6 +16,8 @@
 //! - [`api`]: the HTTP API: stock and orders from the live state, orders placed through it.
 //! - [`metrics`]: every metric, registered on an explicit registry.
 //! - [`group`]: the application's consumer group seen from outside (for `reset`, `status`).
+//! - [`state_dir`]: the state directory's lock, instance id, and the watch that stops the
+//!   processor when the directory goes away or cannot be written.
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
 //! - [`audit`]: `processor audit`, a run checked against the serial execution of the rules.
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod readmodel;
 pub mod reset;
 pub mod runtime;
+pub mod state_dir;
 pub mod status;
 pub mod tail;
 pub mod topology;

@@ -198,7 +198,7 @@ fn input_offsets(
 async fn apply(config: &ClientConfig, args: &ResetArgs, plan: &Plan) -> anyhow::Result<()> {
     // Refuse before changing anything if a processor on this machine holds the state dir.
     let lock = match &plan.state_dir {
-        Some(dir) => Some(crate::app::lock_state_dir(dir)?),
+        Some(dir) => Some(crate::state_dir::lock(dir)?),
         None => None,
     };
     if !plan.offsets.is_empty() {
