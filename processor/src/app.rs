@@ -30,7 +30,7 @@ use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::readmodel;
 use crate::readmodel::postgres::{connect, run_sync};
-use crate::runtime::engine::{EngineConfig, run_engine};
+use crate::runtime::engine::{EngineConfig, GroupProtocol, run_engine};
 use crate::runtime::live::EngineStatus;
 use crate::runtime::queryable::LiveStores;
 use crate::runtime::store::SharedMemory;
@@ -130,6 +130,17 @@ pub async fn start(
     let order = args.decision_order()?;
     let topics = connection.topics();
     let client = connection.client_config();
+    if args.group_protocol == GroupProtocol::Consumer
+        && let Some(key) = GroupProtocol::CLASSIC_ONLY
+            .into_iter()
+            .find(|key| client.get(key).is_some())
+    {
+        anyhow::bail!(
+            "-X {key} does not go with --group-protocol consumer: the broker sets it for the group \
+             (group.consumer.session.timeout.ms, group.consumer.heartbeat.interval.ms; the \
+             assignor is the broker's range)"
+        );
+    }
     // Every service is checked before anything is created, so a start that fails (a service
     // unreachable, a contract the registry refuses, the metrics port or the state dir taken)
     // leaves no schema, topic or subject behind.
@@ -239,6 +250,7 @@ pub async fn start(
         client,
         instance_id: instance_id.clone(),
         group_instance_id: None,
+        group_protocol: args.group_protocol,
         memory: SharedMemory::new((args.cache_mb << 20) as usize),
         topology,
         partitions,

@@ -10,6 +10,7 @@ use plumbing::connection::ConnectionArgs;
 use plumbing::process::LogArgs;
 use schemas::cli::SchemasCommand;
 
+use crate::runtime::engine::GroupProtocol;
 use crate::runtime::guarantee::ProcessingGuarantee;
 
 /// Stockflow's order processor: decides every order against a RocksDB inventory, exactly once.
@@ -171,6 +172,18 @@ pub struct RunArgs {
     /// that stops keeps its partitions until the session timeout ends (it does not leave).
     #[arg(long, env = "STOCKFLOW_INSTANCE_ID", value_parser = parse_instance_id)]
     pub instance_id: Option<String>,
+
+    /// The consumer group protocol: classic (eager `range`: every rebalance stops every task)
+    /// or consumer (KIP-848 with the broker's `range` assignor: a rebalance moves only the
+    /// tasks that change owner; the session timeout is the broker's,
+    /// group.consumer.session.timeout.ms, and `-X session.timeout.ms` is refused).
+    #[arg(
+        long,
+        env = "STOCKFLOW_GROUP_PROTOCOL",
+        value_enum,
+        default_value = "classic"
+    )]
+    pub group_protocol: GroupProtocol,
 
     /// /health fails when an engine thread goes this long without progress (its loop going
     /// round, or a restore writing a batch), e.g. 2m: a wedged engine shows as unhealthy.

@@ -99,6 +99,7 @@ async fn run_ticker(guarantee: ProcessingGuarantee, stall_at: Option<u64>) -> Ti
         client,
         instance_id: unique("ticker"),
         group_instance_id: None,
+        group_protocol: Default::default(),
         memory: SharedMemory::new(8 << 20),
         topology: topology.clone(),
         partitions: Arc::new(partitions),

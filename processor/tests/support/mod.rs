@@ -169,7 +169,8 @@ impl World {
 
     /// Starts the [`processor_binary`] as a child process `name` on `state_dir`, its metrics on
     /// a free port, with `extra` run flags (after `-X session.timeout.ms=6000`: a dead or
-    /// stopped instance is noticed after 6 s instead of 45 s). Its standard error is kept (see
+    /// stopped instance is noticed after 6 s instead of 45 s; not under `--group-protocol
+    /// consumer`, where the broker sets the session timeout). Its standard error is kept (see
     /// [`ChildProcess::log_lines`]) and echoed after `[name] `.
     pub fn spawn_processor(
         &self,
@@ -178,7 +179,15 @@ impl World {
         extra: &[&str],
     ) -> ProcessorChild {
         let metrics = ports::free_addr();
-        let mut flags = vec!["-X", "session.timeout.ms=6000"];
+        // Under the consumer group protocol the session timeout is the broker's.
+        let classic = !extra
+            .windows(2)
+            .any(|w| w == ["--group-protocol", "consumer"]);
+        let mut flags = if classic {
+            vec!["-X", "session.timeout.ms=6000"]
+        } else {
+            Vec::new()
+        };
         flags.extend_from_slice(extra);
         let process = ChildProcess::spawn(
             &processor_binary(),
@@ -427,13 +436,14 @@ impl World {
         let records = self.read_to_end(&topics, isolation, 2 * MINUTE).await;
         let mut out = Vec::with_capacity(records.len());
         for record in records {
-            let (order_id, confirmed) = match self.decode_outcome(&record).await {
-                Outcome::Confirmed(c) => (c.order_id, true),
-                Outcome::Rejected(r) => (r.order_id, false),
+            let (order_id, confirmed, decided_at) = match self.decode_outcome(&record).await {
+                Outcome::Confirmed(c) => (c.order_id, true, c.confirmed_at),
+                Outcome::Rejected(r) => (r.order_id, false, r.rejected_at),
             };
             out.push(OutcomeAt {
                 order_id,
                 confirmed,
+                decided_at,
                 topic: record.topic,
                 partition: record.partition,
                 offset: record.offset,
@@ -869,6 +879,8 @@ enum Outcome {
 pub struct OutcomeAt {
     pub order_id: String,
     pub confirmed: bool,
+    /// When it was decided (`confirmed_at` or `rejected_at`: the processor's wall clock).
+    pub decided_at: i64,
     pub topic: String,
     pub partition: i32,
     pub offset: i64,

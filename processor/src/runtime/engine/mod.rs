@@ -95,6 +95,8 @@ pub struct EngineConfig {
     pub instance_id: String,
     /// Static group membership: the consumer's `group.instance.id`, if any.
     pub group_instance_id: Option<String>,
+    /// The consumer group protocol (ARCHITECTURE.md, "Rebalancing").
+    pub group_protocol: GroupProtocol,
     /// The RocksDB memory every store of the process shares.
     pub memory: SharedMemory,
     /// What runs: the topology, with a processor supplier per sub-topology.
@@ -110,6 +112,38 @@ pub struct EngineConfig {
     pub status: EngineStatus,
     /// Where the thread publishes its running tasks' stores for interactive queries.
     pub queryable: LiveStores,
+}
+
+/// The consumer group protocol (`group.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum GroupProtocol {
+    /// The classic protocol with the eager `range` assignor: every rebalance stops every task
+    /// of every member, and every assignment keeps co-partitioned topics together.
+    #[default]
+    Classic,
+    /// KIP-848 with the broker's `range` assignor: a rebalance moves only what changes; a
+    /// task runs once all of its source partitions are assigned.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// librdkafka properties that the consumer protocol refuses: the broker owns them.
+    pub const CLASSIC_ONLY: [&str; 4] = [
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "partition.assignment.strategy",
+        "group.protocol.type",
+    ];
+
+    /// Sets the protocol's properties on a consumer's config.
+    fn configure(self, consumer: &mut ClientConfig) {
+        match self {
+            GroupProtocol::Classic => consumer.set("partition.assignment.strategy", "range"),
+            GroupProtocol::Consumer => consumer
+                .set("group.protocol", "consumer")
+                .set("group.remote.assignor", "range"),
+        };
+    }
 }
 
 /// Why the engine stopped.
@@ -266,9 +300,9 @@ pub fn run_engine(
     if let Some(member) = &config.group_instance_id {
         consumer_config.set("group.instance.id", member);
     }
+    config.group_protocol.configure(&mut consumer_config);
     let consumer: BaseConsumer<StreamsContext> = consumer_config
         .set("group.id", &config.application_id)
-        .set("partition.assignment.strategy", "range")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -759,22 +793,7 @@ impl Engine {
         self.retrying.clear();
         self.set_paused(consumer, &unpaused, false);
         self.publish_tasks();
-        let committed = consumer.committed(COMMITTED_TIMEOUT)?;
-        let mut resumed = Vec::new();
-        for element in committed.elements() {
-            let (topic, partition) = (element.topic(), element.partition());
-            let from = match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None, // nothing committed yet: auto.offset.reset (earliest)
-            };
-            consumer.seek(
-                topic,
-                partition,
-                from.map_or(Offset::Beginning, Offset::Offset),
-                COMMITTED_TIMEOUT,
-            )?;
-            resumed.push((topic.to_owned(), partition, from));
-        }
+        let resumed = self.rewind(consumer, &consumer.assignment()?)?;
         self.open_tasks(ids)?;
         self.catch_up(consumer, resumed);
         self.metrics
@@ -782,6 +801,33 @@ impl Engine {
             .with_label_values(&["indefinite"])
             .inc();
         Ok(())
+    }
+
+    /// Moves the consumer back to the group's committed offsets of `partitions` (their
+    /// beginning where nothing is committed: auto.offset.reset is earliest), and returns them
+    /// as [`Engine::catch_up`] takes them.
+    fn rewind(
+        &self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: &TopicPartitionList,
+    ) -> Result<Vec<(String, i32, Option<i64>)>, EngineError> {
+        let committed = consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT)?;
+        let mut rewound = Vec::new();
+        for element in committed.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let from = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            consumer.seek(
+                topic,
+                partition,
+                from.map_or(Offset::Beginning, Offset::Offset),
+                COMMITTED_TIMEOUT,
+            )?;
+            rewound.push((topic.to_owned(), partition, from));
+        }
+        Ok(rewound)
     }
 
     // ---- rebalancing ----
@@ -796,6 +842,19 @@ impl Engine {
             .with_label_values(&["revoked"])
             .inc();
         let revoked = self.tasks.ids_of(&self.config.topology, partitions);
+        // Under the consumer protocol a revoked task's other partitions may stay assigned:
+        // they are paused until the task is whole again (see `on_assign`).
+        let assignment = consumer.assignment().unwrap_or_default();
+        let mut rest = TopicPartitionList::new();
+        for &id in &revoked {
+            for (topic, partition) in Tasks::partitions_of(&self.config.topology, id) {
+                if assignment.find_partition(topic, partition).is_some()
+                    && partitions.find_partition(topic, partition).is_none()
+                {
+                    rest.add_partition(topic, partition);
+                }
+            }
+        }
         self.tasks.suspend(&revoked);
         if self.failed {
             // The engine is stopping after a failure: its uncommitted work is dropped (the
@@ -831,7 +890,28 @@ impl Engine {
             })
         });
         self.set_paused(consumer, &unpaused, false);
+        if rest.count() > 0 {
+            tracing::info!(partitions = ?rest.elements().iter().map(|e| format!("{}-{}", e.topic(), e.partition())).collect::<Vec<_>>(), "paused until their tasks are whole again");
+            self.pause_whole(consumer, &rest, true);
+        }
         self.publish_tasks();
+    }
+
+    /// Pauses or resumes fetching `partitions`, whose tasks are not whole (see `on_assign`).
+    fn pause_whole(
+        &self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: &TopicPartitionList,
+        paused: bool,
+    ) {
+        let result = if paused {
+            consumer.pause(partitions)
+        } else {
+            consumer.resume(partitions)
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, paused, "cannot pause or resume the partitions of a task that is not whole");
+        }
     }
 
     fn on_assign(
@@ -847,21 +927,65 @@ impl Engine {
             return;
         }
         self.ready.store(false, Ordering::Release);
-        let assigned = self.tasks.ids_of(&self.config.topology, partitions);
-        if let Err(error) = self.open_tasks(assigned) {
+        if let Err(error) = self.assign(consumer, partitions) {
             self.failed = true;
             self.fatal.get_or_insert(error);
             return;
         }
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Opens the tasks that `partitions` make whole. The classic protocol assigns whole tasks
+    /// at once; the consumer protocol (KIP-848) may assign a task's partitions in different
+    /// rebalances, and a task runs only whole: the partitions of a task that is not whole are
+    /// paused, and once it is, those assigned before are rewound to the committed offsets
+    /// (their records were dropped while it waited) and resumed.
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer<StreamsContext>,
+        partitions: &TopicPartitionList,
+    ) -> Result<(), EngineError> {
+        let topology = self.config.topology.clone();
+        let assignment = consumer.assignment()?;
+        let (whole, waiting): (Vec<TaskId>, Vec<TaskId>) = self
+            .tasks
+            .ids_of(&topology, partitions)
+            .into_iter()
+            .partition(|&id| Tasks::is_whole(&topology, id, &assignment));
+        let mut paused = TopicPartitionList::new();
+        for &id in &waiting {
+            for (topic, partition) in Tasks::partitions_of(&topology, id) {
+                if partitions.find_partition(topic, partition).is_some() {
+                    paused.add_partition(topic, partition);
+                }
+            }
+        }
+        if paused.count() > 0 {
+            tracing::info!(tasks = ?waiting.iter().map(ToString::to_string).collect::<Vec<_>>(), "tasks wait for the rest of their source partitions");
+            self.pause_whole(consumer, &paused, true);
+        }
+        let mut earlier = TopicPartitionList::new();
+        for &id in whole.iter().filter(|&&id| !self.tasks.contains(id)) {
+            for (topic, partition) in Tasks::partitions_of(&topology, id) {
+                if partitions.find_partition(topic, partition).is_none() {
+                    earlier.add_partition(topic, partition);
+                }
+            }
+        }
+        self.open_tasks(whole)?;
         // Asked once every task is open: what was written while their stores were restored
         // is to be read before any of them counts as idle.
-        let assigned = partitions
+        let mut assigned: Vec<_> = partitions
             .elements()
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition(), None))
             .collect();
+        if earlier.count() > 0 {
+            assigned.extend(self.rewind(consumer, &earlier)?);
+            self.pause_whole(consumer, &earlier, false);
+        }
         self.catch_up(consumer, assigned);
-        self.ready.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Notes where the consumer must get to in each of `partitions` (topic, partition, the

@@ -147,6 +147,21 @@ impl Tasks {
         ids
     }
 
+    /// The source partitions of task `id`, as (topic, partition).
+    pub fn partitions_of(topology: &Topology, id: TaskId) -> impl Iterator<Item = (&str, i32)> {
+        topology.subs[usize::from(id.sub)]
+            .sources
+            .iter()
+            .map(move |source| (source.name.as_str(), id.partition))
+    }
+
+    /// Whether every source partition of task `id` is in `assignment`: a task runs only
+    /// whole (the consumer protocol may hand a task's partitions out one by one).
+    pub fn is_whole(topology: &Topology, id: TaskId, assignment: &TopicPartitionList) -> bool {
+        Self::partitions_of(topology, id)
+            .all(|(topic, partition)| assignment.find_partition(topic, partition).is_some())
+    }
+
     /// Starts a commit of every store: pending writes become the committing layer.
     pub fn freeze(&mut self) {
         for store in self.tasks.values_mut().flat_map(|t| &mut t.stores) {
