@@ -112,6 +112,27 @@ pub async fn read_at_least(
         .await
 }
 
+/// Hands every record of `topics`, from the beginning up to the high watermarks they have now,
+/// to `each` in the order read, without keeping them (for topics too large to hold in memory):
+/// how many. Blocks the calling thread (call it from `spawn_blocking`); an error after
+/// `deadline`, saying where each partition stands.
+pub fn scan_to_end(
+    bootstrap: &str,
+    topics: &[&str],
+    isolation: Isolation,
+    deadline: Duration,
+    mut each: impl FnMut(Record),
+) -> Result<usize, String> {
+    let mut inner = Inner {
+        consumer: consumer(bootstrap, isolation),
+        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        isolation,
+        targets: BTreeMap::new(),
+        positions: BTreeMap::new(),
+    };
+    inner.read_each(0, deadline, &mut each)
+}
+
 /// The high watermark of every partition of `topics` (a topic that does not exist has none).
 pub fn high_watermarks(bootstrap: &str, topics: &[&str]) -> BTreeMap<(String, i32), i64> {
     end_offsets(bootstrap, topics, Isolation::ReadUncommitted)
@@ -233,20 +254,34 @@ impl std::fmt::Debug for Inner {
 
 impl Inner {
     fn read(&mut self, expected: usize, deadline: Duration) -> Result<Vec<Record>, String> {
-        let started = Instant::now();
         let mut records = Vec::with_capacity(expected);
+        self.read_each(expected, deadline, &mut |record| records.push(record))?;
+        Ok(records)
+    }
+
+    /// Hands every record read to `each`, at least `expected` of them (up to the high
+    /// watermarks fetched last): how many.
+    fn read_each(
+        &mut self,
+        expected: usize,
+        deadline: Duration,
+        each: &mut dyn FnMut(Record),
+    ) -> Result<usize, String> {
+        let started = Instant::now();
+        let mut read = 0;
         let mut last_error = None;
         loop {
             self.fetch_targets()?;
             while !self.reached() {
                 if started.elapsed() > deadline {
-                    return Err(self.failure(&records, expected, deadline, last_error));
+                    return Err(self.failure(read, expected, deadline, last_error));
                 }
                 match self.consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
                         self.positions
                             .insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-                        records.push(Record::from_message(&m));
+                        read += 1;
+                        each(Record::from_message(&m));
                     }
                     // Control records (transaction markers) and aborted records are never
                     // delivered: the consumer's position says how far it got past them.
@@ -254,11 +289,11 @@ impl Inner {
                     Some(Err(error)) => last_error = Some(error.to_string()),
                 }
             }
-            if records.len() >= expected {
-                return Ok(records);
+            if read >= expected {
+                return Ok(read);
             }
             if started.elapsed() > deadline {
-                return Err(self.failure(&records, expected, deadline, last_error));
+                return Err(self.failure(read, expected, deadline, last_error));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -318,7 +353,7 @@ impl Inner {
 
     fn failure(
         &self,
-        records: &[Record],
+        read: usize,
         expected: usize,
         deadline: Duration,
         last_error: Option<String>,
@@ -335,7 +370,7 @@ impl Inner {
         format!(
             "read {} records (expected at least {expected}) from {} ({}) in {deadline:?}; \
              partitions behind their high watermark: {}{}",
-            records.len(),
+            read,
             self.topics.join(","),
             self.isolation.config_value(),
             if behind.is_empty() {
