@@ -39,6 +39,8 @@ pub struct Metrics {
     pub order_outcomes: IntCounterVec,
     /// Orders whose id had been seen before.
     pub duplicate_orders: IntCounter,
+    /// Orders read on a partition other than their id's, re-produced to their id's partition.
+    pub rerouted_orders: IntCounter,
     /// Decided orders removed from the `orders` store once their retention passed.
     pub expired_orders: IntCounter,
     /// Event-time mode: input records that arrived after their partition's time had moved
@@ -168,6 +170,11 @@ impl Metrics {
                 r,
                 "stockflow_duplicate_orders_total",
                 "Orders whose id was seen before.",
+            ),
+            rerouted_orders: counter(
+                r,
+                "stockflow_rerouted_orders_total",
+                "Orders read on a partition other than their id's (a producer that did not key orders by order id), re-produced to their id's partition.",
             ),
             expired_orders: counter(
                 r,

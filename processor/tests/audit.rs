@@ -136,3 +136,105 @@ async fn an_unreachable_broker_is_one_line_and_exit_code_2() {
     );
     assert!(failed.stdout.is_empty(), "no report");
 }
+
+/// Sends `value` to `partition` of `topic` with `key` (or none), as a producer that does not
+/// key or partition `orders` by order id would.
+async fn send_to(world: &World, topic: &str, partition: i32, key: Option<&str>, value: &[u8]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = world
+        .connection
+        .client_config()
+        .create()
+        .expect("a producer");
+    let mut record = FutureRecord::<str, [u8]>::to(topic)
+        .partition(partition)
+        .payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, std::time::Duration::from_secs(10))
+        .await
+        .expect("delivered");
+}
+
+/// A partition of `orders` (4 partitions) other than `order_id`'s.
+fn elsewhere(order_id: &str) -> i32 {
+    (processor::runtime::partitioner::partition_for(order_id.as_bytes(), 4) + 1) % 4
+}
+
+/// Issue 17: an order id is decided once whatever key or partition its records carry. The
+/// same order is sent keyed by its id, then under a customer's key on another partition, and
+/// with no key on a third; two more orders are only ever sent off their id's partition. Each
+/// record off its id's partition is re-produced there, so each order is decided once, by its
+/// id's task, and the audit (whose clerk decides the copies) agrees with every decision.
+#[tokio::test]
+async fn an_order_is_decided_once_whatever_its_key_or_partition() {
+    let world = World::new("rekey").await;
+    world.seed(2, 5).await;
+    let (running, token) = world.start(&[]).await;
+    let orders = world.topics.orders.clone();
+    let mut encoded = Vec::new();
+    for id in ["twice", "by-customer", "keyless"] {
+        let order = order(id, &[("SKU-000000", 1)]);
+        encoded.push(world.codec.encode(&order).await.expect("encodes"));
+    }
+    let [twice, by_customer, keyless] = &encoded[..] else {
+        unreachable!("three orders")
+    };
+
+    world.send_raw(&orders, "twice", twice).await; // in place
+    send_to(
+        &world,
+        &orders,
+        elsewhere("twice"),
+        Some("customer-7"),
+        twice,
+    )
+    .await;
+    let third = (elsewhere("twice") + 1) % 4;
+    send_to(&world, &orders, third, None, twice).await;
+    let (partition, key) = (elsewhere("by-customer"), Some("customer-7"));
+    send_to(&world, &orders, partition, key, by_customer).await;
+    send_to(&world, &orders, elsewhere("keyless"), None, keyless).await;
+
+    // Four records off their id's partition; the two copies of "twice" beyond the first are
+    // duplicates where they are decided.
+    let metrics = running.metrics.clone();
+    let started = std::time::Instant::now();
+    while metrics.rerouted_orders.get() < 4 || metrics.duplicate_orders.get() < 2 {
+        assert!(
+            started.elapsed() < MINUTE,
+            "4 records rerouted ({}), 2 duplicates ({})",
+            metrics.rerouted_orders.get(),
+            metrics.duplicate_orders.get()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let outcomes = world.outcomes(3, MINUTE).await;
+    // Read again to the ends: nothing more came.
+    let all = world.outcomes_at(Isolation::ReadCommitted).await;
+    let per_order = support::per_order(&all);
+    assert_eq!(per_order.len(), 3, "three orders: {per_order:?}");
+    assert!(
+        per_order.values().all(|&n| n == 1),
+        "one outcome each: {per_order:?}"
+    );
+    assert!(outcomes.confirmed("twice").is_some(), "twice is confirmed");
+    assert_eq!(metrics.rerouted_orders.get(), 4);
+    assert_eq!(metrics.duplicate_orders.get(), 2);
+    token.cancel();
+    running.wait().await.expect("stops cleanly");
+
+    let out = audit(&world.connection_flags(), &[]);
+    let report = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the audit is clean:\n{report}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        report.contains("2 repeated order ids ignored, 4 on another partition than their id's"),
+        "{report}"
+    );
+}

@@ -196,3 +196,54 @@ fn in_arrival_mode_an_id_repeated_after_its_retention_is_decided_again() {
         "reserved twice"
     );
 }
+
+#[test]
+fn an_order_off_its_ids_partition_is_decided_once_by_its_ids_task() {
+    use processor::runtime::partitioner::partition_for;
+    use processor::topology::DecisionOrder;
+    for order in [
+        DecisionOrder::Arrival,
+        DecisionOrder::EventTime { max_idle_ms: 100 },
+    ] {
+        let world = World::new();
+        let partitions = 3;
+        let config = DriverConfig {
+            default_partitions: partitions,
+            ..DriverConfig::default()
+        };
+        let mut driver = world.driver_deciding(config, order);
+        pipe_inputs(&world, &mut driver, &[10], &[], &[1]);
+        let own = partition_for(b"o-1", partitions);
+        let (_, bytes) = world.order("o-1", &[(0, 1)], 2_000);
+        // Under a customer's key on another partition, with no key on a third, then in place.
+        driver.pipe_to(
+            "orders",
+            (own + 1) % partitions,
+            Some(b"customer-7"),
+            &bytes,
+            2_000,
+        );
+        driver.pipe_to("orders", (own + 2) % partitions, None, &bytes, 2_001);
+        driver.pipe_to("orders", own, Some(b"o-1"), &bytes, 2_002);
+        // In event-time order idle partitions' times move on with the clock: let it pass,
+        // then some more, for a second outcome to show if there were one.
+        let mut rounds = 0;
+        while rounds < 20 || driver.read("orders-confirmed").is_empty() {
+            assert!(driver.run(100_000).expect("runs"), "the run settles");
+            driver.advance(20).expect("the clock moves");
+            rounds += 1;
+            assert!(rounds < 500, "{order:?}: stuck, {:?}", driver.stats());
+        }
+        let confirmed = driver.read("orders-confirmed");
+        assert_eq!(confirmed.len(), 1, "{order:?}: decided once");
+        let copies = driver
+            .read("orders")
+            .iter()
+            .filter(|r| r.partition == own && r.key.as_deref() == Some(b"o-1".as_slice()))
+            .count();
+        assert_eq!(
+            copies, 3,
+            "{order:?}: the two records off its partition were re-produced to it"
+        );
+    }
+}

@@ -27,7 +27,8 @@ use schemas::{
 };
 
 use crate::cli::AuditArgs;
-use crate::topology::order::Outcome;
+use crate::runtime::partitioner::partition_for;
+use crate::topology::order::{self, Outcome};
 use crate::topology::serial::{self, Decision, Input, InputRecord, SerialResult};
 
 /// How long the reader may go without getting any closer to the end offsets before it gives
@@ -276,6 +277,9 @@ pub struct Report {
     pub orders: usize,
     /// Input records of an order id seen before (the clerk ignores them).
     pub duplicates: u64,
+    /// Orders on another partition than their id's: decided at their copies on their id's
+    /// partition, which the processor re-produces.
+    pub rerouted: usize,
     pub differences: Vec<Difference>,
 }
 
@@ -297,8 +301,9 @@ impl Report {
         let _ = writeln!(out, "records read: {}", records.join(", "));
         let _ = writeln!(
             out,
-            "orders compared: {} ({} undecodable input records, {} repeated order ids ignored)",
-            self.orders, self.poison, self.duplicates
+            "orders compared: {} ({} undecodable input records, {} repeated order ids ignored, \
+             {} on another partition than their id's, decided at their copies)",
+            self.orders, self.poison, self.duplicates, self.rerouted
         );
         let _ = writeln!(out, "differences: {}", self.differences.len());
         for kind in KINDS {
@@ -375,10 +380,23 @@ pub async fn audit(connection: &ConnectionArgs, args: &AuditArgs) -> anyhow::Res
     ];
 
     let mut inputs = Vec::with_capacity(orders.len() + adjustments.len());
+    let order_partitions = counts.get(&topics.orders).copied().unwrap_or(0);
+    let mut rerouted = 0;
     for record in orders {
-        let input = decode_input::<OrderCreated>(&codec, &record)
-            .await?
-            .map_or(Input::Poison, Input::Order);
+        let input = match decode_input::<OrderCreated>(&codec, &record).await? {
+            None => Input::Poison,
+            // Decided where its copy is (the processor re-produces it there), as the tasks do;
+            // an oversized one is dead-lettered where it is, whatever its partition.
+            Some(order)
+                if order::oversized(&order).is_none()
+                    && partition_for(order.order_id.as_bytes(), order_partitions)
+                        != record.partition =>
+            {
+                rerouted += 1;
+                Input::Rerouted
+            }
+            Some(order) => Input::Order(order),
+        };
         inputs.push(record.into_input(input));
     }
     for record in adjustments {
@@ -437,6 +455,7 @@ pub async fn audit(connection: &ConnectionArgs, args: &AuditArgs) -> anyhow::Res
         records,
         missing,
         poison,
+        rerouted,
         orders: serial.decisions.values().map(Vec::len).sum(),
         duplicates: serial.duplicates,
         differences: compare(&serial, &observed),

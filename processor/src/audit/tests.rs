@@ -130,6 +130,7 @@ fn the_report_counts_by_kind_and_shows_the_first_n() {
         poison: 1,
         orders: 2,
         duplicates: 0,
+        rerouted: 0,
         differences: vec![
             Difference::Missing {
                 order_id: "o1".into(),

@@ -297,6 +297,9 @@ pub struct Wiring {
     pub adjustments: SourceId,
     pub line_commands_in: SourceId,
     pub inventory_store: StoreId,
+    /// `orders` again: an order read on a partition other than its id's is re-produced to
+    /// its id's partition, keyed by its id (see [`processors`]).
+    pub orders_rerouted: SinkId,
     /// A -> B, keyed by sku.
     pub line_commands: SinkId,
     /// B -> A, to the order task's partition.
@@ -314,6 +317,7 @@ fn describe_with_handles(application_id: &str, topics: &Topics) -> (TopologyBuil
     let confirmed = builder.sink(&topics.orders_confirmed);
     let rejected = builder.sink(&topics.orders_rejected);
     let inventory_updated = builder.sink(&topics.inventory_updated);
+    let orders_rerouted = builder.sink(&topics.orders);
     let mut a = builder.sub_topology("orders");
     let orders = a.source(&topics.orders);
     let line_results_in = a.repartition_source("line-results");
@@ -329,6 +333,7 @@ fn describe_with_handles(application_id: &str, topics: &Topics) -> (TopologyBuil
         adjustments,
         line_commands_in,
         inventory_store,
+        orders_rerouted,
         line_commands,
         line_results,
         confirmed,

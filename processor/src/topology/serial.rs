@@ -39,6 +39,9 @@ pub enum Input {
     Adjustment(InventoryAdjusted),
     /// A record that does not decode: dead-lettered, it changes nothing.
     Poison,
+    /// An order on a partition other than its id's: the processor re-produces it to its id's
+    /// partition, where the copy is decided. Here it only moves its partition's time.
+    Rerouted,
 }
 
 /// An order's outcome as the audit compares it: status, reason and lines, not timestamps.
@@ -155,7 +158,7 @@ impl Clerk {
         match record.input {
             Input::Order(created) => self.order(created, time),
             Input::Adjustment(adjustment) => self.adjustment(adjustment),
-            Input::Poison => {}
+            Input::Poison | Input::Rerouted => {}
         }
     }
 
