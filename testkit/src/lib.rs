@@ -7,7 +7,7 @@
 //!
 //! Layout:
 //! - [`stack`]: Kafka, the schema registry and PostgreSQL from the environment, or in
-//!   containers; stopping and starting PostgreSQL, the registry and the broker for fault tests.
+//!   containers; stopping and starting PostgreSQL for outage tests.
 //! - [`names`]: unique topic prefixes, groups and PostgreSQL schema names, all under a
 //!   reserved prefix (what `scripts/stack.sh prune` deletes).
 //! - [`kafka`]: reading topics up to their high watermarks, and the watermarks themselves.

@@ -83,19 +83,6 @@ impl Stack {
         }
     }
 
-    /// Stops the Kafka broker with SIGTERM, a clean shutdown (`scripts/stack.sh stop kafka`,
-    /// which waits until it has exited), until [`BrokerOutage::end`] starts it again; the same
-    /// rules as [`Stack::crash_kafka`].
-    pub fn stop_kafka(&self) -> Option<BrokerOutage> {
-        match &self.services {
-            Services::LocalStack => {
-                local_stack(&["stop", "kafka"]);
-                Some(BrokerOutage { ended: false })
-            }
-            Services::Containers { .. } => None,
-        }
-    }
-
     /// Takes the schema registry away (for outage tests; the same rule as
     /// [`Stack::stop_postgres`]) until [`RegistryOutage::end`]: the local stack's is stopped
     /// (connections are refused); a container, whose schemas live in memory, is paused instead

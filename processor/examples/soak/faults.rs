@@ -166,37 +166,32 @@ impl Injector {
                 }
             }
             FaultKind::BrokerSigterm => {
-                let stack = world.stack;
-                let outage = tokio::task::spawn_blocking(move || stack.stop_kafka())
-                    .await
-                    .expect("the broker stops")
-                    .expect("the local stack");
+                stack_sh(&["stop", "kafka"]).await;
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let down = started.elapsed() - at;
-                tokio::task::spawn_blocking(move || outage.end())
-                    .await
-                    .expect("the broker starts");
-                format!("down {down:.1?}, back after {:.1?}", started.elapsed() - at)
+                let tries = stack_sh(&["start", "kafka"]).await;
+                format!(
+                    "down {down:.1?}, back after {:.1?}{tries}",
+                    started.elapsed() - at
+                )
             }
             FaultKind::BrokerSigkill => {
-                let outage = world.stack.crash_kafka().expect("the local stack");
+                stack_sh(&["crash", "kafka"]).await;
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                tokio::task::spawn_blocking(move || outage.end())
-                    .await
-                    .expect("the broker starts");
-                format!("back after {:.1?}", started.elapsed() - at)
+                let tries = stack_sh(&["start", "kafka"]).await;
+                format!("back after {:.1?}{tries}", started.elapsed() - at)
             }
             FaultKind::RegistryOutage => {
-                let outage = world.stack.stop_registry().await;
+                stack_sh(&["stop", "registry"]).await;
                 tokio::time::sleep(Duration::from_secs(20)).await;
-                outage.end().await;
-                format!("back after {:.1?}", started.elapsed() - at)
+                let tries = stack_sh(&["start", "registry"]).await;
+                format!("back after {:.1?}{tries}", started.elapsed() - at)
             }
             FaultKind::PostgresOutage => {
-                world.stack.stop_postgres().await;
+                stack_sh(&["stop", "postgres"]).await;
                 tokio::time::sleep(Duration::from_secs(20)).await;
-                world.stack.start_postgres().await;
-                format!("back after {:.1?}", started.elapsed() - at)
+                let tries = stack_sh(&["start", "postgres"]).await;
+                format!("back after {:.1?}{tries}", started.elapsed() - at)
             }
             FaultKind::Poison => {
                 let sent = self.send_poison(world).await;
@@ -265,4 +260,51 @@ async fn start_proxy() -> FaultProxy {
     FaultProxy::start(PROXY_ADDRESS, PROXIED_LISTENER)
         .await
         .unwrap_or_else(|e| panic!("the fault proxy listens on {PROXY_ADDRESS}: {e}"))
+}
+
+/// How many times `scripts/stack.sh start` is tried before the soak gives up.
+const START_TRIES: u32 = 3;
+
+/// Runs `scripts/stack.sh ARGS` (the soak needs the local stack). A `start` that fails is
+/// tried again, up to [`START_TRIES`] times: on two loaded cores a service can fail its own
+/// start (the registry's database pool has timed out while starting). Returns a note for the
+/// fault's detail when it took more than one try; panics if it never worked, for the soak
+/// cannot go on without the service.
+async fn stack_sh(args: &[&str]) -> String {
+    // The crate's directory is a sibling of scripts/ (at run time under cargo test; else
+    // where this was built).
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned());
+    let script = format!("{crate_dir}/../scripts/stack.sh");
+    let tries = if args.first() == Some(&"start") {
+        START_TRIES
+    } else {
+        1
+    };
+    let mut failures = Vec::new();
+    for _ in 0..tries {
+        let status = tokio::process::Command::new(&script)
+            .args(args)
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        if status.success() {
+            return if failures.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; `stack.sh {}` failed first: {}",
+                    args.join(" "),
+                    failures.join(", ")
+                )
+            };
+        }
+        eprintln!("soak: {script} {} failed ({status})", args.join(" "));
+        failures.push(status.to_string());
+    }
+    panic!(
+        "{script} {} failed {tries} times ({}): the soak cannot go on",
+        args.join(" "),
+        failures.join(", ")
+    );
 }
