@@ -352,6 +352,17 @@ pub trait TaskContext {
         partition: Option<i32>,
     ) -> Result<(), ProcessError>;
 
+    /// [`TaskContext::send`] with the record's timestamp given, instead of the time it is
+    /// sent: a record passed on as it was read keeps its time (as a repartition does).
+    fn send_at(
+        &mut self,
+        sink: SinkId,
+        key: &[u8],
+        value: &[u8],
+        partition: Option<i32>,
+        timestamp: i64,
+    ) -> Result<(), ProcessError>;
+
     /// Sends the record being processed, as it was read, to the dead-letter topic with
     /// headers naming `kind`, `reason` and where it came from.
     fn dead_letter(&mut self, kind: &str, reason: &str) -> Result<(), ProcessError>;

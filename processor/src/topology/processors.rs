@@ -216,14 +216,16 @@ impl Processor for Orders {
             }
             // An order id is decided by the task of its partition only, whatever key or
             // partition a producer gave its record: one on another partition is re-produced
-            // to its own, keyed by its id, in this transaction (ARCHITECTURE.md, "Orders on
-            // the wrong partition"). Its copy is decided there, as a record of that partition.
+            // to its own, keyed by its id, with its timestamp, in this transaction
+            // (ARCHITECTURE.md, "Orders on the wrong partition"). Its copy is decided there, as
+            // a record of that partition.
             let sink = self.wiring.orders_rerouted;
             let owner = partition_for(order.order_id.as_bytes(), ctx.partitions(sink));
             if owner != ctx.task().partition {
                 self.metrics.rerouted_orders.inc();
                 let value = record.value.unwrap_or_default();
-                return ctx.send(sink, order.order_id.as_bytes(), value, Some(owner));
+                let (key, at) = (order.order_id.as_bytes(), record.timestamp);
+                return ctx.send_at(sink, key, value, Some(owner), at);
             }
             let order_id = order.order_id.clone();
             // A decided order past its retention counts as gone, deleted yet or not; its

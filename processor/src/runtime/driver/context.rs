@@ -204,6 +204,18 @@ impl TaskContext for DriverContext<'_> {
         value: &[u8],
         partition: Option<i32>,
     ) -> Result<(), ProcessError> {
+        let now = self.clock;
+        self.send_at(sink, key, value, partition, now)
+    }
+
+    fn send_at(
+        &mut self,
+        sink: SinkId,
+        key: &[u8],
+        value: &[u8],
+        partition: Option<i32>,
+        timestamp: i64,
+    ) -> Result<(), ProcessError> {
         let topic = self.sink_topic(sink);
         let partition =
             partition.unwrap_or_else(|| partition_for(key, self.log.partitions(&topic)));
@@ -211,7 +223,7 @@ impl TaskContext for DriverContext<'_> {
         let entry = Entry {
             key: Some(key.to_vec()),
             value: Some(value.to_vec()),
-            timestamp: self.clock,
+            timestamp,
             headers: Vec::new(),
             txn: Some(txn),
         };

@@ -111,6 +111,20 @@ impl TaskContext for EngineContext<'_> {
             .map_err(send_error)
     }
 
+    fn send_at(
+        &mut self,
+        sink: SinkId,
+        key: &[u8],
+        value: &[u8],
+        partition: Option<i32>,
+        timestamp: i64,
+    ) -> Result<(), ProcessError> {
+        self.effects = true;
+        self.out
+            .send_at(sink, partition, key, value, timestamp)
+            .map_err(send_error)
+    }
+
     fn dead_letter(&mut self, kind: &str, reason: &str) -> Result<(), ProcessError> {
         let Some(record) = self.record else {
             return Err(ProcessError::fatal(NoRecord));

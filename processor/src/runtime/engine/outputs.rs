@@ -24,6 +24,8 @@ struct Output {
     key: Vec<u8>,
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
+    /// The record's timestamp if given, else the time it is produced.
+    timestamp: Option<i64>,
 }
 
 /// The engine's producer side.
@@ -60,8 +62,12 @@ fn record<'a>(
     key: &'a [u8],
     payload: Option<&'a [u8]>,
     headers: Option<OwnedHeaders>,
+    timestamp: Option<i64>,
 ) -> BaseRecord<'a, [u8], [u8]> {
     let mut record = BaseRecord::to(topic).key(key);
+    if let Some(timestamp) = timestamp {
+        record = record.timestamp(timestamp);
+    }
     if let Some(payload) = payload {
         record = record.payload(payload);
     }
@@ -134,7 +140,20 @@ impl Outputs {
         key: &[u8],
         payload: Option<&[u8]>,
     ) -> Result<(), GuaranteeError> {
-        self.send_to(sink.index(), partition, key, payload, None)
+        self.send_to(sink.index(), partition, key, payload, None, None)
+    }
+
+    /// [`Outputs::send`], with the record's timestamp given.
+    pub fn send_at(
+        &mut self,
+        sink: SinkId,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+        timestamp: i64,
+    ) -> Result<(), GuaranteeError> {
+        let index = sink.index();
+        self.send_to(index, partition, key, Some(payload), None, Some(timestamp))
     }
 
     fn send_to(
@@ -144,6 +163,7 @@ impl Outputs {
         key: &[u8],
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
+        timestamp: Option<i64>,
     ) -> Result<(), GuaranteeError> {
         self.produced[topic].inc();
         if self.tx.is_committing() {
@@ -153,6 +173,7 @@ impl Outputs {
                 key: key.to_vec(),
                 payload: payload.map(<[u8]>::to_vec),
                 headers,
+                timestamp,
             });
             return Ok(());
         }
@@ -160,7 +181,8 @@ impl Outputs {
         // transaction.
         self.tx.begin()?;
         let name = &self.topics[topic];
-        self.tx.send(record(name, partition, key, payload, headers))
+        self.tx
+            .send(record(name, partition, key, payload, headers, timestamp))
     }
 
     /// Sends the record's original bytes to the dead-letter topic, with headers naming the
@@ -209,6 +231,7 @@ impl Outputs {
             source.key.unwrap_or_default(),
             source.value,
             Some(headers),
+            None,
         )?;
         match self.dead_lettered.iter().find(|(t, _)| t == source.topic) {
             Some((_, counter)) => counter.inc(),
@@ -238,7 +261,8 @@ impl Outputs {
                 for (key, value) in store.committing() {
                     self.tx.begin()?;
                     let partition = Some(task.id.partition);
-                    self.tx.send(record(topic, partition, key, value, None))?;
+                    self.tx
+                        .send(record(topic, partition, key, value, None, None))?;
                     sent += 1;
                 }
                 produced.inc_by(sent);
@@ -264,6 +288,7 @@ impl Outputs {
                 &output.key,
                 payload,
                 output.headers,
+                output.timestamp,
             );
             self.tx.send(held)?;
         }
