@@ -270,6 +270,7 @@ pub fn run_engine(
         config.guarantee,
         transactional_id,
         config.topology.changelogs(),
+        config.status.clone(),
     )?;
     let writer_name = match std::thread::current().name() {
         Some(engine) => format!("{engine}-store"),

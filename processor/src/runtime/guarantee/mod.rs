@@ -76,6 +76,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use crate::runtime::live::EngineStatus;
+
 pub use lifecycle::{Lifecycle, Positions, TxState};
 
 /// How long a transactional call may take before it counts as failed.
@@ -257,6 +259,8 @@ pub struct Transactor {
     /// The producers' configuration and the changelogs, to rebuild a producer.
     config: ClientConfig,
     changelogs: Vec<String>,
+    /// The engine thread's heartbeat, beaten while a producer waits for the broker.
+    status: EngineStatus,
 }
 
 impl std::fmt::Debug for Transactor {
@@ -300,6 +304,7 @@ impl Transactor {
         guarantee: ProcessingGuarantee,
         transactional_id: String,
         changelogs: Vec<String>,
+        status: EngineStatus,
     ) -> Result<Self, GuaranteeError> {
         let mut config = client.clone();
         // Defaults that `-X` may override; the guarantee's own settings are not negotiable.
@@ -321,7 +326,7 @@ impl Transactor {
         };
         let producers = ids
             .into_iter()
-            .map(|transactional_id| create(&config, guarantee, transactional_id, &changelogs))
+            .map(|id| create(&config, guarantee, id, &changelogs, &status))
             .collect::<Result<_, GuaranteeError>>()?;
         Ok(Self {
             producers,
@@ -331,6 +336,7 @@ impl Transactor {
             last_commit: Instant::now(),
             config,
             changelogs,
+            status,
         })
     }
 
@@ -366,6 +372,7 @@ impl Transactor {
             self.guarantee,
             transactional_id,
             &self.changelogs,
+            &self.status,
         )?;
         producer.rebuilds = rebuilds;
         self.producers[self.current] = producer;
@@ -650,12 +657,15 @@ impl Transactor {
 
 /// Creates one engine producer; with exactly-once, initialises its transactions (fencing any
 /// earlier producer with the same id), waiting up to [`INIT_PATIENCE`] for a coordinator that
-/// cannot be reached.
+/// cannot be reached. Each attempt counts as the engine thread's progress (`status`): a wait
+/// for a broker that is down is not a wedge, and `/health` stays true for up to
+/// [`INIT_PATIENCE`], longer than the default stall timeout.
 fn create(
     config: &ClientConfig,
     guarantee: ProcessingGuarantee,
     transactional_id: String,
     changelogs: &[String],
+    status: &EngineStatus,
 ) -> Result<EngineProducer, GuaranteeError> {
     let mut config = config.clone();
     if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
@@ -670,6 +680,7 @@ fn create(
     if guarantee == ProcessingGuarantee::ExactlyOnceV2 {
         let started = Instant::now();
         loop {
+            status.beat();
             match producer.init_transactions(INIT_ATTEMPT) {
                 Ok(()) => break,
                 Err(KafkaError::Transaction(e))
