@@ -327,3 +327,31 @@ pub(super) fn open(
         sources,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::TopicPartitionList;
+
+    use super::Tasks;
+    use crate::runtime::task::TaskId;
+
+    #[test]
+    fn a_task_is_whole_only_with_every_source_partition_assigned() {
+        let topology = crate::topology::describe("app", &schemas::Topics::with_prefix(""));
+        let orders = TaskId {
+            sub: crate::topology::ORDERS,
+            partition: 3,
+        };
+        let sources: Vec<(&str, i32)> = Tasks::partitions_of(&topology, orders).collect();
+        assert_eq!(
+            sources,
+            [("orders", 3), ("app-line-results-repartition", 3)]
+        );
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition("orders", 3);
+        assignment.add_partition("app-line-results-repartition", 2);
+        assert!(!Tasks::is_whole(&topology, orders, &assignment));
+        assignment.add_partition("app-line-results-repartition", 3);
+        assert!(Tasks::is_whole(&topology, orders, &assignment));
+    }
+}
