@@ -49,6 +49,11 @@ use fetched::{Fetched, FetchedRecord, MAX_BUFFERED, SourcePartition};
 use outputs::Outputs;
 use tasks::Tasks;
 
+/// A time without polling (the engine busy, a commit or an abort blocked on the broker, a
+/// rebalance callback inside the poll) after which an empty poll seen before it no longer says
+/// the consumer has nothing: records may have arrived meanwhile (see `run_loop`).
+const STALE_DRAIN: Duration = Duration::from_millis(50);
+
 /// How long to wait before retrying after a transient failure (registry unreachable) that
 /// left effects behind, which the transaction's rollback undoes.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
@@ -362,14 +367,26 @@ fn run_loop(
     let mut unserved = 0;
     let mut turns: u32 = 0;
     let mut wait = IDLE_POLL;
+    let mut polled_at = Instant::now();
     while !shutdown.is_cancelled() {
+        let calling = Instant::now();
         let polled = consumer.poll(wait);
+        let returned = Instant::now();
+        // Idleness rests on the last empty poll (`drained_at`). After a stall it says nothing:
+        // a commit that waited 15 s on the broker, or a revoke callback inside this poll, left
+        // records written meanwhile unread, and a partition that looked idle before would move
+        // its time past them (the soak's late restocks, RELIABILITY.md). Until a poll finds the
+        // consumer empty again, no partition counts as idle.
+        let stalled = calling - polled_at > STALE_DRAIN || returned - calling > wait + STALE_DRAIN;
+        polled_at = returned;
         let mut engine = lock(engine);
         if let Some(error) = engine.fatal.take() {
             return Err(error);
         }
         let drained = polled.is_none();
-        if drained {
+        if stalled {
+            engine.drained_at = i64::MIN;
+        } else if drained {
             engine.drained_at = schemas::now_millis();
         }
         // The heartbeat /health reads (see `live`).
