@@ -109,7 +109,7 @@ async fn a_state_dir_removed_under_a_running_instance_stops_it_and_a_restart_reb
     let mut child = deciding(&world, "gone-0", state.path()).await;
 
     let dir = state.path().join(&world.application_id);
-    std::fs::remove_dir_all(&dir).expect("the state dir is removed");
+    remove_under_writer(&dir);
     wait_failed(&mut child, &dir).await;
     expect_loud_exit(&mut child, &dir).await;
 
@@ -123,6 +123,16 @@ async fn a_state_dir_removed_under_a_running_instance_stops_it_and_a_restart_reb
     let outcomes = world.check_generated(generator, SKUS, STOCK).await;
     world.check_read_model(&outcomes, MINUTE).await;
     child.kill();
+}
+
+/// Removes a directory that a running instance keeps writing into. `remove_dir_all` alone
+/// races with the files RocksDB creates meanwhile ("Directory not empty"), so the directory
+/// is first renamed away, which is atomic and, for every later open by path, the same as
+/// gone; then the renamed tree is removed.
+fn remove_under_writer(dir: &Path) {
+    let away = dir.with_extension("removed");
+    std::fs::rename(dir, &away).expect("the state dir is moved away");
+    std::fs::remove_dir_all(&away).expect("the moved state dir is removed");
 }
 
 /// A directory tree made unwritable, for root too (the immutable flag, which root's
