@@ -108,7 +108,7 @@ impl Report {
             .filter(|f| f.recovered_after.is_none())
             .collect();
         checks.push(Check {
-            name: "outcomes resume within 180 s of every fault's end",
+            name: "confirmations resume within 180 s of every fault's end",
             passed: stuck.is_empty(),
             detail: if stuck.is_empty() {
                 format!("{} faults", self.faults.len())

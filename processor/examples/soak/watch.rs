@@ -5,7 +5,7 @@
 //! times give the longest gaps between outcomes. Through a broker outage it
 //! simply waits: librdkafka reconnects and it reads on from where it was.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,7 +16,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::world::{PARTITIONS, World};
 
-/// How many new outcomes show that outcomes flow again.
+/// How many new confirmations show that outcomes flow again. Confirmations, not any outcome:
+/// an invalid order is rejected by its order task alone, so rejections can flow while no
+/// stock is decided (the recorded 30-minute run's failure hid behind them).
 const RESUMED_AFTER: usize = 50;
 
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub struct OutcomeWatch {
     /// Every outcome's timestamp and its arrival here (milliseconds since the epoch), in the
     /// order read.
     seen: Arc<Mutex<Vec<(i64, i64)>>>,
+    /// Confirmations read so far.
+    confirmed: Arc<AtomicUsize>,
     thread: JoinHandle<()>,
 }
 
@@ -56,14 +60,19 @@ impl OutcomeWatch {
             .expect("the outcome partitions");
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let confirmed = Arc::new(AtomicUsize::new(0));
+        let confirmations = world.topics.orders_confirmed.clone();
         let thread = {
-            let (stop, seen) = (stop.clone(), seen.clone());
+            let (stop, seen, confirmed) = (stop.clone(), seen.clone(), confirmed.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     // Errors (a broker away) are librdkafka's to recover from: read on.
                     if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
                         let timestamp = message.timestamp().to_millis().unwrap_or(0);
                         let arrived = schemas::now_millis();
+                        if message.topic() == confirmations {
+                            confirmed.fetch_add(1, Ordering::Relaxed);
+                        }
                         seen.lock()
                             .expect("the watch's lock")
                             .push((timestamp, arrived));
@@ -71,7 +80,12 @@ impl OutcomeWatch {
                 }
             })
         };
-        Self { stop, seen, thread }
+        Self {
+            stop,
+            seen,
+            confirmed,
+            thread,
+        }
     }
 
     /// Outcomes read so far.
@@ -79,14 +93,15 @@ impl OutcomeWatch {
         self.seen.lock().expect("the watch's lock").len()
     }
 
-    /// Waits until outcomes flow again ([`RESUMED_AFTER`] new ones): how long that took, or
-    /// `None` at `deadline`. Also returns (with the time waited) once `done` says no more
-    /// orders are coming.
+    /// Waits until stock decisions flow again ([`RESUMED_AFTER`] new confirmations): how
+    /// long that took, or `None` at `deadline`. Also returns (with the time waited) once
+    /// `done` says no more orders are coming.
     pub async fn resumed(&self, deadline: Duration, done: impl Fn() -> bool) -> Option<Duration> {
         let started = Instant::now();
-        let from = self.count();
+        let confirmed = || self.confirmed.load(Ordering::Relaxed);
+        let from = confirmed();
         loop {
-            if self.count() >= from + RESUMED_AFTER || done() {
+            if confirmed() >= from + RESUMED_AFTER || done() {
                 return Some(started.elapsed());
             }
             if started.elapsed() > deadline {

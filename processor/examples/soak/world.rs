@@ -199,7 +199,15 @@ impl World {
         let generator::cli::Command::Run(args) = cli.command else {
             unreachable!("parsed as run")
         };
-        let connection = self.connection.clone();
+        // After a broker outage the generator's producer, like the processors' clients, backs
+        // off between reconnects up to librdkafka's 10 s: the orders it buffered meanwhile then
+        // reach the broker seconds after the processors caught up and counted the partitions
+        // idle, late by the input's own doing (RELIABILITY.md). A shop's producers that want
+        // their records ordered by time reconnect as fast.
+        let mut connection = self.connection.clone();
+        connection
+            .kafka_properties
+            .push(("reconnect.backoff.max.ms".into(), "1000".into()));
         tokio::spawn(async move {
             generator::app::run_orders(&connection, &args, CancellationToken::new()).await
         })
