@@ -1,14 +1,7 @@
 //! The soak of issue 17 in the tests: the example `soak` (processor/examples/soak/, what
 //! `scripts/soak.sh` runs for 30 minutes in RELIABILITY.md) for 3 minutes at 1,000 orders/s,
-//! with a fault every 10 s, dealt from every kind but one (below). It fails if any
-//! invariant does, and prints the report either way (`--nocapture` shows it when it passes).
-//!
-//! The broker SIGKILL is left out: after one, orders a producer buffered while the broker was
-//! down can arrive after the processors counted their partitions idle, late records that make
-//! decisions differ from the clerk's. The soak's generator now reconnects within a second, and
-//! four kills in a row passed (RELIABILITY.md, "Broker SIGKILL"), but that is no margin yet;
-//! `scripts/soak.sh --faults broker-sigkill` runs them by hand, and `tests/broker_bounce.rs`
-//! kills the broker once under load in every run.
+//! with a fault every 10 s, dealt from every kind. It fails if any invariant does, and prints
+//! the report either way (`--nocapture` shows it when it passes).
 //!
 //! It stops and starts the broker, the registry and PostgreSQL every test shares, so it has a
 //! test binary of its own (cargo runs test binaries one after another). It needs the local
@@ -19,12 +12,6 @@
 mod soak;
 
 use clap::Parser;
-
-/// Every fault kind but the broker SIGKILL (see above).
-const FAULTS: &str = "processor-sigkill,processor-sigstop,broker-sigterm,registry-outage,\
-                      postgres-outage,poison,proxy-end-txn-requests,proxy-end-txn-responses,\
-                      proxy-end-txn-delay,proxy-txn-offset-commit-responses,\
-                      proxy-add-partitions-requests";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_minutes_of_random_faults_break_no_invariant() {
@@ -40,8 +27,6 @@ async fn three_minutes_of_random_faults_break_no_invariant() {
         "1000",
         "--fault-every",
         "10s",
-        "--faults",
-        FAULTS,
     ]);
     let report = soak::run(config).await;
     println!("{report}");
