@@ -30,7 +30,7 @@ impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:>7.1}s  {:<34} healed at {:>7.1}s, outcomes resumed {}  ({})",
+            "{:>7.1}s  {:<34} healed at {:>7.1}s, confirmations resumed {}  ({})",
             self.at.as_secs_f64(),
             self.kind.name(),
             self.healed_at.as_secs_f64(),
