@@ -34,6 +34,10 @@ pub enum Command {
     /// Reprocess: move the application's input offsets back, delete its internal topics, its
     /// local state and its read model's rows (what kafka-streams-application-reset does).
     Reset(ResetArgs),
+    /// Raise the partition count of a stopped application with its state intact: grow the
+    /// input topics, re-key every store and the records in flight, recreate the internal
+    /// topics (ARCHITECTURE.md, "Repartitioning").
+    Repartition(RepartitionArgs),
     /// Follow the outputs (outcomes, stock changes, dead letters), one decoded line each.
     Tail {
         /// Start from the beginning of the topics instead of from now: the history first,
@@ -244,6 +248,22 @@ pub struct ResetArgs {
     pub by_duration: Option<Duration>,
 
     /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `processor repartition`.
+#[derive(Debug, Clone, Args)]
+pub struct RepartitionArgs {
+    #[command(flatten)]
+    pub app: ApplicationArgs,
+
+    /// The new partition count of the input topics and of every task-owned topic (at least
+    /// the current one: Kafka cannot shrink a topic).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+
+    /// Read everything, print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
 }

@@ -19,6 +19,7 @@
 //! - [`state_dir`]: the state directory's lock, instance id, and the watch that stops the
 //!   processor when the directory goes away or cannot be written.
 //! - [`reset`]: `processor reset`, reprocessing from the inputs (plan, then act).
+//! - [`repartition`]: `processor repartition`, a higher partition count with the state intact.
 //! - [`tail`]: `processor tail`, the outputs decoded for people.
 //! - [`audit`]: `processor audit`, a run checked against the serial execution of the rules.
 //! - [`status`]: `processor status`, the group, tasks, restores, lag and dead letters on one
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod group;
 pub mod metrics;
 pub mod readmodel;
+pub mod repartition;
 pub mod reset;
 pub mod runtime;
 pub mod state_dir;

@@ -19,6 +19,9 @@ async fn main() -> ExitCode {
     match &cli.command {
         Command::Run(args) => exit_code(processor::app::run(&cli.connection, args, shutdown).await),
         Command::Reset(args) => exit_code(processor::reset::reset(&cli.connection, args).await),
+        Command::Repartition(args) => {
+            exit_code(processor::repartition::repartition(&cli.connection, args).await)
+        }
         Command::Tail {
             from_beginning,
             limit,

@@ -94,7 +94,7 @@ async fn plan(
     // One metadata call first: an unreachable cluster is reported by it, in one line.
     let counts = partition_counts(config, &names)?;
     let consumer = outside_consumer(config, &group)?;
-    refuse_live_members(&consumer, &group)?;
+    refuse_live_members(&consumer, &group, "resetting")?;
 
     let position = args.position(SystemTime::now());
     let mut offsets = Vec::new();
@@ -125,7 +125,12 @@ async fn plan(
     })
 }
 
-fn refuse_live_members(consumer: &BaseConsumer, group: &str) -> anyhow::Result<()> {
+/// Fails, naming them, if `group` has live members: a member's commits would race `doing`.
+pub(crate) fn refuse_live_members(
+    consumer: &BaseConsumer,
+    group: &str,
+    doing: &str,
+) -> anyhow::Result<()> {
     let groups = consumer
         .fetch_group_list(Some(group), ADMIN_TIMEOUT)
         .with_context(|| format!("cannot describe consumer group {group}"))?;
@@ -140,7 +145,7 @@ fn refuse_live_members(consumer: &BaseConsumer, group: &str) -> anyhow::Result<(
             .collect();
         bail!(
             "application {group} has {} live member(s) ({}); stop every `processor run` of it \
-             before resetting",
+             before {doing}",
             members.len(),
             who.join(", ")
         );
@@ -227,7 +232,7 @@ async fn apply(config: &ClientConfig, args: &ResetArgs, plan: &Plan) -> anyhow::
 
 /// Deletes `topics` and waits until the cluster no longer lists them, so that a processor
 /// started right after creates them afresh.
-async fn delete_topics(config: &ClientConfig, topics: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn delete_topics(config: &ClientConfig, topics: &[String]) -> anyhow::Result<()> {
     if topics.is_empty() {
         return Ok(());
     }

@@ -189,13 +189,14 @@ impl Restorer {
         })
     }
 
-    /// Replays `topic[partition]` from just after the store's offset to the current end, and
-    /// reports how far it got to `progress` (and the metrics). The consumer goes on fetching
-    /// the partition until the next restore assigns its own, or the restorer is dropped.
+    /// Replays `topic[partition]` (of `partitions`) from just after the store's offset to the
+    /// current end, and reports how far it got to `progress` (and the metrics). The consumer
+    /// goes on fetching the partition until the next restore assigns its own, or the restorer
+    /// is dropped.
     pub fn restore(
         &self,
         topic: &str,
-        partition: i32,
+        (partition, partitions): (i32, i32),
         store: Store,
         metrics: &Metrics,
         progress: &RestoreProgress,
@@ -210,11 +211,18 @@ impl Restorer {
         let mut store = store;
         let mut restored = Restored::default();
         let mut from = store.changelog_offset().map_or(0, |o| o + 1);
-        if from > high {
-            // The changelog was truncated or recreated (a reset): local state is stale.
+        let repartitioned = store
+            .changelog_partitions()
+            .is_some_and(|n| n != partitions);
+        if from > high || repartitioned {
+            // The changelog was truncated or recreated (a reset), or the application was
+            // repartitioned (this task's partition now holds other keys): local state is stale.
             store = store.wipe()?;
             restored.wiped = true;
             from = 0;
+        }
+        if store.changelog_partitions() != Some(partitions) {
+            store.set_changelog_partitions(partitions)?;
         }
         let from = from.max(low);
         if from >= high {

@@ -270,8 +270,9 @@ pub(super) fn open(
             _ => config.state_dir.join(format!("{id}-{}", spec.name)),
         };
         let store = Store::open(&dir, &config.memory)?;
+        let partitions = (id.partition, config.partitions.subs[usize::from(id.sub)]);
         let (store, restored) =
-            restorer.restore(&spec.changelog, id.partition, store, metrics, &progress)?;
+            restorer.restore(&spec.changelog, partitions, store, metrics, &progress)?;
         if let Some(subscription) = &config.subscription {
             let origin = Origin {
                 task: id,
@@ -279,6 +280,13 @@ pub(super) fn open(
                 committed_at: Instant::now(),
             };
             subscription.snapshot(&store, origin);
+        }
+        if restored.wiped {
+            tracing::info!(
+                task = %id,
+                store = spec.name,
+                "local store wiped: its changelog was recreated or repartitioned"
+            );
         }
         tracing::debug!(
             task = %id,

@@ -37,6 +37,9 @@ mod writer;
 
 const META: &str = "meta";
 const CHANGELOG_OFFSET: &[u8] = b"changelog-offset";
+/// The partition count of the changelog the store was restored from (`processor repartition`
+/// changes it, and a store of another count is a different partitioning's state).
+const CHANGELOG_PARTITIONS: &[u8] = b"changelog-partitions";
 
 /// (key, value) pairs.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
@@ -137,6 +140,8 @@ pub struct Store {
     applying: VecDeque<Applying>,
     /// The last changelog offset whose write RocksDB holds (or will, once applied).
     changelog_offset: Option<i64>,
+    /// The partition count of that changelog, once recorded.
+    changelog_partitions: Option<i32>,
 }
 
 /// A committed layer on its way to RocksDB.
@@ -212,6 +217,11 @@ impl Store {
             .map_err(rocks)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
             .map(i64::from_be_bytes);
+        let changelog_partitions = db
+            .get_cf(meta, CHANGELOG_PARTITIONS)
+            .map_err(rocks)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map(i32::from_be_bytes);
         Ok(Self {
             path: path.to_owned(),
             db: Arc::new(db),
@@ -220,6 +230,7 @@ impl Store {
             committing: Layer::default(),
             applying: VecDeque::new(),
             changelog_offset,
+            changelog_partitions,
         })
     }
 
@@ -234,6 +245,25 @@ impl Store {
     /// The last changelog offset whose write is in RocksDB (`None`: nothing yet).
     pub fn changelog_offset(&self) -> Option<i64> {
         self.changelog_offset
+    }
+
+    /// The partition count of the changelog the store follows (`None`: a store written before
+    /// it was recorded, or a new one).
+    pub fn changelog_partitions(&self) -> Option<i32> {
+        self.changelog_partitions
+    }
+
+    /// Records the partition count of the changelog the store follows.
+    pub fn set_changelog_partitions(&mut self, partitions: i32) -> Result<(), StoreError> {
+        let meta = self
+            .db
+            .cf_handle(META)
+            .expect("invariant: the meta column family is open");
+        self.db
+            .put_cf(meta, CHANGELOG_PARTITIONS, partitions.to_be_bytes())
+            .map_err(|e| self.rocks(e))?;
+        self.changelog_partitions = Some(partitions);
+        Ok(())
     }
 
     fn rocks(&self, source: rocksdb::Error) -> StoreError {
