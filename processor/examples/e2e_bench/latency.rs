@@ -9,10 +9,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::{Codec, OrderConfirmed, OrderRejected, now_millis};
-use testkit::prometheus::is_ready;
 
 use crate::Config;
-use crate::setup::{PARTITIONS, RunNames, publish, seed, start_processor};
+use crate::setup::{PARTITIONS, RunNames, publish, seed, start_instances};
 
 /// What the latency run measured.
 pub struct Latency {
@@ -45,28 +44,21 @@ fn quantile(values: &[f64], p: f64) -> f64 {
 
 /// Order end-to-end latency at a fixed rate: created_at to receipt by a read_committed consumer.
 pub async fn latency(config: &Config) -> Latency {
-    let (rate, seconds, breakdown) = (
-        config.latency_rate,
-        config.latency_seconds,
-        config.latency_breakdown,
-    );
+    latency_on(config, 1, config.latency_rate).await
+}
+
+/// [`latency`] with `instances` processors sharing the work, at `rate` orders per second.
+pub async fn latency_on(config: &Config, instances: usize, rate: u64) -> Latency {
+    let (seconds, breakdown) = (config.latency_seconds, config.latency_breakdown);
     let run = RunNames::new("latency");
     let (prefix, app) = (&run.prefix, &run.app);
     let connection = run.connection(config);
     seed(&connection).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let processor = start_processor(config, &run, state.path(), "exactly_once_v2", None);
+    // Every instance ready (its output topics exist) and the group settled before the clock
+    // starts.
+    let processors = start_instances(config, &run, instances, "exactly_once_v2").await;
     let topics = connection.topics();
     let codec = Codec::new(&config.registry, &topics).expect("codec");
-    // Wait until the processor is ready (its output topics exist) before the clock starts.
-    let ready = Instant::now();
-    while !is_ready(processor.metrics).await {
-        assert!(
-            ready.elapsed() < Duration::from_secs(60),
-            "processor not ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // Partitions assigned by hand: no group join delays the first outcomes.
     let consumer: StreamConsumer = connection
         .client_config()
@@ -145,7 +137,9 @@ pub async fn latency(config: &Config) -> Latency {
         }
     }
     publisher.await.expect("publisher");
-    processor.process.kill();
+    for (processor, _) in processors {
+        processor.process.kill();
+    }
     let mut latencies: Vec<f64> = outcomes
         .iter()
         .map(|(created, _, received, _)| (received - created) as f64)

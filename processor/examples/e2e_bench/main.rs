@@ -28,6 +28,7 @@
 //! - `throughput`: a processor deciding pre-published orders; the raw pass-through baseline.
 //! - `latency`: order latency at a fixed rate, and its split into hops.
 //! - `restore`: a new instance restoring a throughput run's state.
+//! - `scaling`: 1, 2 and 3 instances, and a scale-out while orders flow (`--scaling`).
 //! - `sync`: the read model's sync alone.
 //! - `machine`: CPU and memory from /proc.
 //! - `report`: the tables.
@@ -36,6 +37,7 @@ mod latency;
 mod machine;
 mod report;
 mod restore;
+mod scaling;
 mod setup;
 mod sync;
 mod throughput;
@@ -50,7 +52,7 @@ use crate::sync::{sync_lag_at, sync_write};
 use crate::throughput::{baseline, throughput};
 
 /// The benchmark's configuration: its flags, and the stack's endpoints found at start.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 pub struct Config {
     /// Orders per throughput run.
     #[arg(long, default_value_t = 100_000)]
@@ -83,6 +85,10 @@ pub struct Config {
     /// alone before the others join.
     #[arg(long)]
     pub publish_after_ready: bool,
+    /// Only the scaling tables: orders/s and latency with 1, 2 and 3 instances, and a
+    /// scale-out from 1 to 2 instances while orders flow (each group protocol).
+    #[arg(long)]
+    pub scaling: bool,
     /// Kafka's bootstrap servers (from the stack, not a flag).
     #[arg(skip)]
     pub bootstrap: String,
@@ -104,8 +110,28 @@ async fn main() {
     run(&config).await;
 }
 
+/// The scaling tables (`--scaling`).
+async fn scaling(config: &Config) {
+    println!(
+        "Stockflow scaling benchmark: {} single-line orders per run, 4 partitions (8 tasks), 1000 SKUs, exactly_once_v2, latency at {} orders/s for {} s",
+        config.orders, config.latency_rate, config.latency_seconds
+    );
+    let mut rows = Vec::new();
+    for instances in 1..=3 {
+        rows.push(scaling::scale_row(config, instances, config.latency_rate).await);
+    }
+    let mut outs = Vec::new();
+    for extra in [&[][..], &["--group-protocol", "consumer"][..]] {
+        outs.push(scaling::scale_out(config, config.latency_rate, 60, extra).await);
+    }
+    scaling::print_scaling(&rows, &outs);
+}
+
 /// Every run the configuration asks for, and their tables.
 async fn run(config: &Config) {
+    if config.scaling {
+        return scaling(config).await;
+    }
     let n = config.orders;
     println!(
         "Stockflow end-to-end benchmark: {n} orders per run, 4 partitions, 1000 SKUs, one processor instance"

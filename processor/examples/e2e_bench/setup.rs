@@ -162,3 +162,56 @@ pub async fn seed(connection: &ConnectionArgs) {
         .await
         .expect("seeds");
 }
+
+/// Tasks of a run: two sub-topologies on [`PARTITIONS`] partitions.
+pub const TASKS: f64 = 8.0;
+
+/// Starts `count` processors for `run`, each on a state dir of its own (returned with it), and
+/// waits until the group has settled: every one ready and owning tasks, each task owned once.
+pub async fn start_instances(
+    config: &Config,
+    run: &RunNames,
+    count: usize,
+    guarantee: &str,
+) -> Vec<(Processor, tempfile::TempDir)> {
+    let instances: Vec<_> = (0..count)
+        .map(|_| {
+            let state = tempfile::tempdir().expect("state dir");
+            (
+                start_processor(config, run, state.path(), guarantee, None),
+                state,
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    loop {
+        let processors: Vec<&Processor> = instances.iter().map(|(p, _)| p).collect();
+        if settled(&processors).await {
+            return instances;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{count} instances did not settle in 2 minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether every processor is ready and owns tasks, and together they own each task once.
+pub async fn settled(processors: &[&Processor]) -> bool {
+    let mut tasks = 0.0;
+    for processor in processors {
+        if !testkit::prometheus::is_ready(processor.metrics).await {
+            return false;
+        }
+        let page = testkit::prometheus::scrape(processor.metrics)
+            .await
+            .unwrap_or_default();
+        let mine = page.sum("stockflow_assigned_tasks");
+        if mine <= 0.0 {
+            return false;
+        }
+        tasks += mine;
+    }
+    tasks == TASKS
+}
