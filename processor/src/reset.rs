@@ -299,26 +299,39 @@ impl fmt::Display for Plan {
             self.internal_topics.join(", ")
         };
         writeln!(f, "  internal topics to delete: {internal}")?;
-        match &self.state_dir {
-            Some(dir) => writeln!(f, "  local state to remove: {}", dir.display())?,
-            None => writeln!(f, "  local state to remove: none on this machine")?,
-        }
-        writeln!(
+        cleanup_lines(
             f,
-            "  other instances: run this with each one's --state-dir, or remove those dirs"
-        )?;
-        match self.read_model_rows {
-            Some(rows) => writeln!(
-                f,
-                "  read model to empty: {} ({rows} rows) in schema {}",
-                postgres::TABLES.join(", "),
-                self.database_schema
-            ),
-            None => writeln!(
-                f,
-                "  read model to empty: no tables yet in schema {}",
-                self.database_schema
-            ),
-        }
+            self.state_dir.as_deref(),
+            "run this with each one's --state-dir, or remove those dirs",
+            self.read_model_rows,
+            &self.database_schema,
+        )
+    }
+}
+
+/// The plan's lines on local state and the read model (`reset` and `repartition` both remove
+/// this machine's state dir and empty the read model); `others` says what other instances need.
+pub(crate) fn cleanup_lines(
+    f: &mut fmt::Formatter<'_>,
+    state_dir: Option<&std::path::Path>,
+    others: &str,
+    read_model_rows: Option<i64>,
+    database_schema: &str,
+) -> fmt::Result {
+    match state_dir {
+        Some(dir) => writeln!(f, "  local state to remove: {}", dir.display())?,
+        None => writeln!(f, "  local state to remove: none on this machine")?,
+    }
+    writeln!(f, "  other instances: {others}")?;
+    match read_model_rows {
+        Some(rows) => writeln!(
+            f,
+            "  read model to empty: {} ({rows} rows) in schema {database_schema}",
+            postgres::TABLES.join(", "),
+        ),
+        None => writeln!(
+            f,
+            "  read model to empty: no tables yet in schema {database_schema}"
+        ),
     }
 }

@@ -638,26 +638,12 @@ impl fmt::Display for Plan {
             f,
             "  orders: left in place (read where they are, rerouted to their id's partition)"
         )?;
-        match &self.state_dir {
-            Some(dir) => writeln!(f, "  local state to remove: {}", dir.display())?,
-            None => writeln!(f, "  local state to remove: none on this machine")?,
-        }
-        writeln!(
+        crate::reset::cleanup_lines(
             f,
-            "  other instances: their stores see the new partition count and restore from scratch"
-        )?;
-        match self.read_model_rows {
-            Some(rows) => writeln!(
-                f,
-                "  read model to empty: {} ({rows} rows) in schema {}",
-                postgres::TABLES.join(", "),
-                self.database_schema
-            ),
-            None => writeln!(
-                f,
-                "  read model to empty: no tables yet in schema {}",
-                self.database_schema
-            ),
-        }
+            self.state_dir.as_deref(),
+            "their stores see the new partition count and restore from scratch",
+            self.read_model_rows,
+            &self.database_schema,
+        )
     }
 }
